@@ -1,0 +1,1 @@
+"""Everything that computes labels: proposals, region labeler, aggregation, the build pipeline."""

@@ -1,0 +1,1 @@
+"""Everything about the published artefact: schema, writer, card, Hub, loading."""
