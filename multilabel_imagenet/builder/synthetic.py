@@ -260,7 +260,7 @@ def relabel_map(scene: Scene, noise: float = 0.5, seed: int = 0) -> np.ndarray:
     logits = np.zeros((classes.NUM_CLASSES, RELABEL_GRID, RELABEL_GRID), dtype=np.float32)
     for obj in scene.objects:
         cover = np.asarray(Image.fromarray(obj.mask.astype(np.float32)).resize((RELABEL_GRID, RELABEL_GRID), Image.BOX))
-        logits[obj.class_index] = np.maximum(logits[obj.class_index], 2.0 + 12.0 * cover)
+        logits[obj.class_index] = np.maximum(logits[obj.class_index], np.where(cover > 0, 2.0 + 12.0 * cover, 0.0))
     logits[scene.label] = np.maximum(logits[scene.label], 2.5)
     distractors = rng.choice(classes.NUM_CLASSES, size=5, replace=False)
     logits[distractors] = np.maximum(logits[distractors], rng.uniform(0.5, 1.5, size=(5, 1, 1)))
