@@ -1,0 +1,225 @@
+"""Metrics as pure functions over numpy arrays; every function returns a fraction in [0, 1].
+
+Conventions shared by all functions:
+
+* ``scores``: float array [N, C], higher = more confident (logits or probabilities).
+* ``ranked``: int array [N, K], each row the class indices ranked best first (K >= the k a metric needs).
+* ``targets``: bool array [N, C], the label set of each image as a multi-hot row.
+* ``labels``: int array [N], one class per image (-1 = no label: the image is skipped).
+
+Images whose label set is empty are excluded from every multi-label metric (ReaL's convention); a metric
+with nothing to average over raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Label-count groups used by the paper's Table 2 (per-sample mAP broken down by number of labels).
+LABEL_COUNT_GROUPS: dict[str, tuple[int, int]] = {"k1": (1, 1), "k2": (2, 2), "k3": (3, 3), "k4plus": (4, 10**9)}
+
+_CHUNK_ELEMENTS = 8_000_000  # bound on the temporary [rows, k, C] comparison array
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores of each row, best first ([N, k]); ties keep the lower index first."""
+    n, c = scores.shape
+    k = min(k, c)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (n, 1))
+    part.sort(axis=1)  # lower index first among ties, after the stable sort below
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _nonempty(targets: np.ndarray) -> np.ndarray:
+    keep = targets.any(axis=1)
+    if not keep.any():
+        raise ValueError("no image has a non-empty label set")
+    return keep
+
+
+def _hits(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """[N, K] bool: whether the class at each rank is in the image's label set."""
+    return np.take_along_axis(targets, ranked, axis=1)
+
+
+def _need_ranks(ranked: np.ndarray, k: int) -> None:
+    if ranked.shape[1] < k:
+        raise ValueError(f"this metric needs the top-{k} classes of each image, got only {ranked.shape[1]}")
+
+
+def top_k_accuracy(ranked: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Single-label top-k accuracy: the label is among the first ``k`` ranked classes (images with label -1 skipped)."""
+    _need_ranks(ranked, k)
+    keep = labels >= 0
+    if not keep.any():
+        raise ValueError("no image has a label")
+    return float((ranked[keep, :k] == labels[keep, None]).any(axis=1).mean())
+
+
+def multilabel_top_k_accuracy(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """ReaL-style top-k: at least one of the first ``k`` ranked classes is in the label set; sample average.
+
+    With k = 1 this is ReaL accuracy (Beyer et al. 2020): the argmax is one of the image's labels.
+    """
+    _need_ranks(ranked, k)
+    keep = _nonempty(targets)
+    return float(_hits(ranked[keep, :k], targets[keep]).any(axis=1).mean())
+
+
+def variable_top_k_correct(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-image variable top-k correctness (Anzaku et al.), for images with a non-empty label set.
+
+    k_i = |Y_i|, the image's number of valid labels; image i is correct iff its k_i highest-ranked classes are
+    exactly its label set (equivalently: every label is within the top k_i). Returns a bool array over the
+    non-empty images, in order.
+    """
+    keep = _nonempty(targets)
+    ranked, targets = ranked[keep], targets[keep]
+    k = targets.sum(axis=1)
+    _need_ranks(ranked, int(k.max()))
+    hits = np.cumsum(_hits(ranked[:, : int(k.max())], targets), axis=1)
+    return hits[np.arange(len(k)), k - 1] == k
+
+
+def variable_top_k_accuracy(ranked: np.ndarray, targets: np.ndarray) -> float:
+    """Anzaku et al.'s variable top-k accuracy: mean of :func:`variable_top_k_correct` over images."""
+    return float(variable_top_k_correct(ranked, targets).mean())
+
+
+def variable_top_k_by_label_count(ranked: np.ndarray, targets: np.ndarray) -> dict[int, float]:
+    """Variable top-k accuracy within each subgroup of images that have exactly k labels, keyed by k."""
+    correct = variable_top_k_correct(ranked, targets)
+    counts = targets[targets.any(axis=1)].sum(axis=1)
+    return {int(k): float(correct[counts == k].mean()) for k in np.unique(counts)}
+
+
+def asma(ranked: np.ndarray, targets: np.ndarray) -> float:
+    """Aggregate Subgroup Model Accuracy, our reading of Anzaku et al.
+
+    Images are grouped by their number of labels k (one subgroup per k present, no merging); within each
+    subgroup the variable top-k accuracy is computed; ASMA is the unweighted mean of the subgroup accuracies, so
+    that multi-label images weigh as much as the (far more numerous) single-label ones.
+    """
+    return float(np.mean(list(variable_top_k_by_label_count(ranked, targets).values())))
+
+
+def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Average precision of each image's ranking of all C classes, for images with a non-empty label set.
+
+    For label j of image i: precision = |{true c: s_c >= s_j}| / |{c: s_c >= s_j}| (ties count against the
+    prediction, as in scikit-learn's ``label_ranking_average_precision_score``); AP_i = mean over the labels.
+    """
+    keep = _nonempty(targets)
+    scores, targets = scores[keep], targets[keep]
+    counts = targets.sum(axis=1)
+    out = np.empty(len(counts), dtype=np.float64)
+    for k in np.unique(counts):
+        rows = np.flatnonzero(counts == k)
+        cols = np.nonzero(targets[rows])[1].reshape(len(rows), k)  # the k labels of each row
+        step = max(1, _CHUNK_ELEMENTS // (k * scores.shape[1]))
+        for start in range(0, len(rows), step):
+            r = rows[start : start + step]
+            s = scores[r]
+            true_s = np.take_along_axis(s, cols[start : start + step], axis=1)  # [n, k]
+            rank = (s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
+            above = (true_s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
+            out[r] = (above / rank).mean(axis=1)
+    return out
+
+
+def mean_per_sample_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """The paper's "mAP" on ReaL / INv2-ML / IN-Seg: per-sample AP averaged over images (= sklearn LRAP)."""
+    return float(per_sample_average_precision(scores, targets).mean())
+
+
+def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each class with positives: its positives' scores s_j, |{positives: s >= s_j}| and |{images: s >= s_j}|.
+
+    One sort per class column; the counts then come from binary search, ties counted together.
+    """
+    n = scores.shape[0]
+    columns = np.sort(np.ascontiguousarray(scores.T), axis=1)  # [C, N], ascending
+    class_of, image_of = np.nonzero(np.ascontiguousarray(targets.T))
+    bounds = np.searchsorted(class_of, np.arange(scores.shape[1] + 1))
+    out = {}
+    for c in np.flatnonzero(np.diff(bounds)):
+        s = scores[image_of[bounds[c] : bounds[c + 1]], c]
+        positives_above = len(s) - np.searchsorted(np.sort(s), s, side="left")
+        images_above = n - np.searchsorted(columns[c], s, side="left")
+        out[int(c)] = (s, positives_above, images_above)
+    return out
+
+
+def per_class_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Non-interpolated AP of each class over images ([C], NaN for classes without a positive).
+
+    AP_c = mean over positives j of |{positives: s >= s_j}| / |{images: s >= s_j}|: precision at each positive's
+    score threshold, tied scores entering together; equals ``sklearn.metrics.average_precision_score``.
+    """
+    out = np.full(scores.shape[1], np.nan)
+    for c, (_, positives_above, images_above) in _positive_counts(scores, targets).items():
+        out[c] = np.mean(positives_above / images_above)
+    return out
+
+
+def macro_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Classic (COCO/VOC) mAP: per-class AP averaged over the classes that have at least one positive."""
+    ap = per_class_average_precision(scores, targets)
+    if np.isnan(ap).all():
+        raise ValueError("no class has a positive image")
+    return float(np.nanmean(ap))
+
+
+def per_class_averaged_accuracy(correct: np.ndarray, classes: np.ndarray) -> float:
+    """Accuracy computed within each class, then averaged over the classes present (Shankar et al. / TFDS).
+
+    ``correct``: bool [N]; ``classes``: int [N], the class each image is grouped under (its original label).
+    """
+    present, inverse = np.unique(classes, return_inverse=True)
+    per_class = np.bincount(inverse, weights=correct.astype(np.float64)) / np.bincount(inverse)
+    return float(per_class.mean()) if len(present) else float("nan")
+
+
+def threshold_metrics(predicted: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Precision, recall, F1 (micro and macro) and subset accuracy of multi-hot predictions.
+
+    Images with an empty label set are excluded. Micro: counts pooled over all (image, class) pairs. Macro:
+    per-class values averaged over the classes with at least one positive; a class with no predicted positive
+    has precision 0 (and F1 0). Subset accuracy: the predicted set equals the label set exactly.
+    """
+    keep = _nonempty(targets)
+    predicted, targets = predicted[keep], targets[keep]
+    tp = (predicted & targets).sum(axis=0).astype(np.float64)
+    n_pred = predicted.sum(axis=0).astype(np.float64)
+    n_true = targets.sum(axis=0).astype(np.float64)
+    micro_p = tp.sum() / n_pred.sum() if n_pred.sum() else 0.0
+    micro_r = tp.sum() / n_true.sum()
+    has = n_true > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n_pred > 0, tp / n_pred, 0.0)[has]
+        r = (tp / n_true)[has]
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return {
+        "precision_micro": float(micro_p),
+        "recall_micro": float(micro_r),
+        "f1_micro": float(2 * micro_p * micro_r / (micro_p + micro_r)) if micro_p + micro_r else 0.0,
+        "precision_macro": float(p.mean()),
+        "recall_macro": float(r.mean()),
+        "f1_macro": float(f1.mean()),
+        "subset_accuracy": float((predicted == targets).all(axis=1).mean()),
+    }
+
+
+def f1_optimal_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class threshold maximising that class's F1 on (scores, targets): predict class c iff s_c >= t_c.
+
+    Images with an empty label set are excluded. The optimum lies at a positive's score, where
+    F1 = 2 |{positives: s >= t}| / (|{images: s >= t}| + P). A class without positives gets +inf (never
+    predicted). Calibrating on the evaluation set itself makes these oracle thresholds: an optimistic bound.
+    """
+    keep = _nonempty(targets)
+    out = np.full(scores.shape[1], np.inf)
+    for c, (s, positives_above, images_above) in _positive_counts(scores[keep], targets[keep]).items():
+        out[c] = s[np.argmax(positives_above / (images_above + len(s)))]
+    return out
