@@ -1,0 +1,193 @@
+"""ReLabel label maps (Yun et al. 2021): reading them, scoring proposals on them, selecting labeler samples.
+
+A map is one tensor per train image at ``<maps_root>/<wnid>/<image_id>.pt`` of shape [2, 5, 15, 15]: [0] the
+top-5 logits of each of the 15 x 15 cells, [1] their class indices stored as floats (REFERENCE.md section 2).
+Dimension 2 is the image's rows (y) and dimension 3 its columns (x).
+
+A proposal is scored by scattering the logits into a 1000 x 15 x 15 map (other classes stay at logit 0),
+averaging it over the mask's pixels after bilinear upsampling to the image size (``resample="nearest"``: over
+the cells weighted by how much of the mask they hold, i.e. the mask downsampled to 15 x 15), and a softmax.
+The average is exact without materialising the upsampled map: upsampling is linear, so the mean over a mask
+is a weighted sum of cells with weights ``R_y^T M R_x / |M|`` for the 1-D interpolation matrices ``R_y`` and
+``R_x``. So a mask smaller than a cell never "vanishes" at 15 x 15.
+
+Selection (paper Supp. B.1): a proposal becomes a labeler training sample for the image's label when its
+ReLabel probability on that label exceeds tau_sel = 0.75. The authors' code differs (REFERENCE.md section 2);
+``mode="authors"`` reproduces it: ReLabel top-1 class with probability >= tau_sel, same-class confident masks
+of one image united into one sample, and optionally a full-image sample with the image label when no sample
+carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from multilabel_imagenet import classes
+
+GRID = 15
+TOPK = 5
+TAU_SELECT = 0.75
+"""tau_sel of the paper, Supp. B.1."""
+RESAMPLE_MODES = ("bilinear", "nearest")
+SELECT_MODES = ("paper", "authors")
+
+
+class RelabelMapError(ValueError):
+    """A ReLabel map is missing or malformed; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def map_path(maps_root: str | Path, image_path: str) -> Path:
+    """Where the map of a train image lives: ``n01440764/n01440764_10026.JPEG`` -> ``<root>/n01440764/
+    n01440764_10026.pt``."""
+    return Path(maps_root) / Path(image_path).with_suffix(".pt")
+
+
+def read_map(path: str | Path) -> np.ndarray:
+    """Load and validate a map as float32 [2, 5, 15, 15]; raises :class:`RelabelMapError`. Never unpickles
+    arbitrary objects (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RelabelMapError(path, "ReLabel map not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        raise RelabelMapError(path, f"cannot load as a tensor file: {type(err).__name__}: {err}") from None
+    if not isinstance(data, torch.Tensor):
+        raise RelabelMapError(path, f"expected a tensor, found {type(data).__name__}")
+    if tuple(data.shape) != (2, TOPK, GRID, GRID):
+        raise RelabelMapError(path, f"expected shape [2, {TOPK}, {GRID}, {GRID}], found {list(data.shape)}")
+    label_map = data.float().numpy()
+    if not np.isfinite(label_map).all():
+        raise RelabelMapError(path, "holds NaN or infinite values")
+    indices = label_map[1]
+    if (indices != np.round(indices)).any() or indices.min() < 0 or indices.max() >= classes.NUM_CLASSES:
+        raise RelabelMapError(path, f"class indices must be integers in 0..{classes.NUM_CLASSES - 1}")
+    return label_map
+
+
+def dense_logits(label_map: np.ndarray) -> np.ndarray:
+    """[1000, 15, 15] logits: the map's top-5 per cell scattered in, 0 for every other class."""
+    logits = np.zeros((classes.NUM_CLASSES, GRID, GRID), dtype=np.float32)
+    rows, cols = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
+    for k in range(TOPK):
+        logits[label_map[1, k].astype(np.int64), rows, cols] = label_map[0, k]
+    return logits
+
+
+def _interpolation_matrix(size: int, mode: str) -> torch.Tensor:
+    """[size, 15]: row p holds the weights of the 15 cells at output position p (align_corners=False)."""
+    eye = torch.eye(GRID, dtype=torch.float64)[None]  # [1, 15 cells, 15 positions]
+    if mode == "bilinear":
+        weights = F.interpolate(eye, size=size, mode="linear", align_corners=False)
+    else:  # nearest: each pixel belongs to one cell, i.e. the mask downsampled to 15 x 15 by area
+        weights = F.interpolate(eye, size=size, mode="nearest-exact")
+    return weights[0].T
+
+
+def mask_cell_weights(masks: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """[M, 15, 15] weights that average the upsampled map over each of the [M, H, W] masks (each sums to 1)."""
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [M, H, W], got shape {list(masks.shape)}")
+    areas = masks.reshape(len(masks), -1).sum(1)
+    if (areas == 0).any():
+        raise ValueError(f"masks {np.flatnonzero(areas == 0).tolist()} are empty and cannot be scored")
+    ry = _interpolation_matrix(masks.shape[1], mode)
+    rx = _interpolation_matrix(masks.shape[2], mode)
+    m = torch.from_numpy(masks).to(torch.float64)
+    weights = torch.einsum("hr,mhw,wc->mrc", ry, m, rx) / torch.from_numpy(areas)[:, None, None]
+    return weights.float().numpy()
+
+
+def score_proposals(label_map: np.ndarray, masks: np.ndarray, mode: str = "bilinear") -> np.ndarray:
+    """ReLabel probabilities [M, 1000] of each mask: softmax of the map's logits averaged over the mask."""
+    weights = mask_cell_weights(masks, mode).reshape(len(masks), GRID * GRID)
+    logits = weights @ dense_logits(label_map).reshape(classes.NUM_CLASSES, GRID * GRID).T
+    return torch.softmax(torch.from_numpy(logits).double(), dim=1).float().numpy()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A labeler training sample: masks (indices into the image's proposals; empty = the full image) and class."""
+
+    mask_indices: tuple[int, ...]
+    class_index: int
+    relabel_prob: float
+
+    @property
+    def full_image(self) -> bool:
+        return not self.mask_indices
+
+
+def select_samples(
+    probs: np.ndarray,
+    label: int,
+    tau_sel: float = TAU_SELECT,
+    mode: str = "paper",
+    add_full_image: bool = False,
+) -> list[Sample]:
+    """Training samples of one image from its proposals' ReLabel probabilities [M, 1000].
+
+    ``paper``: each mask whose probability on ``label`` exceeds ``tau_sel`` is a sample of ``label``.
+    ``authors``: masks whose ReLabel top-1 probability is >= ``tau_sel`` are grouped by that class, each group
+    one sample; ``add_full_image`` adds a full-image sample of ``label`` when no sample is of ``label``.
+    """
+    if mode not in SELECT_MODES:
+        raise ValueError(f"selection mode must be one of {SELECT_MODES}, got {mode!r}")
+    probs = np.asarray(probs, dtype=np.float32).reshape(-1, classes.NUM_CLASSES)
+    label = classes.check_index(label)
+    if mode == "paper":
+        samples = [Sample((i,), label, float(p[label])) for i, p in enumerate(probs) if p[label] > tau_sel]
+    else:
+        top1 = probs.argmax(1)
+        samples = []
+        for c in dict.fromkeys(int(c) for i, c in enumerate(top1) if probs[i, c] >= tau_sel):
+            members = tuple(int(i) for i in np.flatnonzero((top1 == c) & (probs[:, c] >= tau_sel)))
+            samples.append(Sample(members, c, float(probs[list(members), c].max())))
+    if add_full_image and not any(s.class_index == label for s in samples):
+        samples.append(Sample((), label, float("nan")))
+    return samples
+
+
+@dataclass(frozen=True)
+class SelectionFailure:
+    """An image whose proposals could not be scored: which and why (serialisable with ``vars``)."""
+
+    image_id: str
+    path: str
+    reason: str
+
+
+def iter_selections(
+    items: Iterable[tuple[str, str, int, np.ndarray]],
+    maps_root: str | Path,
+    tau_sel: float = TAU_SELECT,
+    mode: str = "paper",
+    add_full_image: bool = False,
+    resample: str = "bilinear",
+) -> Iterator[tuple[str, list[Sample], SelectionFailure | None]]:
+    """For ``(image_id, image_path, label, masks [M, H, W])`` items, yield ``(image_id, samples, failure)``.
+
+    A missing or malformed map yields a failure and no samples; the run goes on. An image without proposals
+    yields no samples (plus the full-image sample when ``add_full_image``)."""
+    for image_id, image_path, label, masks in items:
+        try:
+            label_map = read_map(map_path(maps_root, image_path))
+        except RelabelMapError as err:
+            yield image_id, [], SelectionFailure(image_id, image_path, err.reason)
+            continue
+        probs = score_proposals(label_map, masks, resample) if len(masks) else np.zeros((0, classes.NUM_CLASSES))
+        yield image_id, select_samples(probs, label, tau_sel, mode, add_full_image), None

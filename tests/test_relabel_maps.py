@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multilabel_imagenet.builder import relabel_maps, synthetic
+from multilabel_imagenet.builder.relabel_maps import RelabelMapError, Sample
+from multilabel_imagenet.builder.synthetic import Scene, SceneObject
+
+
+def _random_map(rng):
+    logits = np.sort(rng.normal(3, 3, size=(5, 15, 15)), axis=0)[::-1]
+    indices = np.stack([rng.choice(1000, 5, replace=False) for _ in range(225)], 1).reshape(5, 15, 15)
+    return np.stack([logits, indices]).astype(np.float32)
+
+
+def _save(tmp_path, name, obj):
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def test_read_map_validates(tmp_path):
+    good = _random_map(np.random.default_rng(0))
+    path = _save(tmp_path, "good.pt", torch.from_numpy(good).half())  # maps may be stored in float16
+    np.testing.assert_allclose(relabel_maps.read_map(path), torch.from_numpy(good).half().float().numpy())
+    bad_indices = good.copy()
+    bad_indices[1, 0, 3, 4] = 1000
+    non_integer = good.copy()
+    non_integer[1, 2, 0, 0] = 3.5
+    nan = good.copy()
+    nan[0, 0, 0, 0] = np.nan
+    cases = {
+        "missing.pt": None,
+        "shape.pt": torch.zeros(2, 5, 14, 14),
+        "range.pt": torch.from_numpy(bad_indices),
+        "fraction.pt": torch.from_numpy(non_integer),
+        "nan.pt": torch.from_numpy(nan),
+        "dict.pt": {"map": torch.from_numpy(good)},
+        "object.pt": Sample((1,), 2, 0.5),  # arbitrary pickled object: refused by weights_only
+    }
+    reasons = {
+        "missing.pt": "not found",
+        "shape.pt": r"expected shape \[2, 5, 15, 15\], found \[2, 5, 14, 14\]",
+        "range.pt": "class indices must be integers",
+        "fraction.pt": "class indices must be integers",
+        "nan.pt": "NaN",
+        "dict.pt": "expected a tensor, found dict",
+        "object.pt": "cannot load as a tensor file",
+    }
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    cases["garbage.pt"], reasons["garbage.pt"] = None, "cannot load"
+    for name, obj in cases.items():
+        if obj is not None:
+            _save(tmp_path, name, obj)
+        with pytest.raises(RelabelMapError, match=reasons[name]) as info:
+            relabel_maps.read_map(tmp_path / name)
+        assert info.value.path.endswith(name)
+
+
+def test_map_path():
+    assert relabel_maps.map_path("/maps", "n01440764/n01440764_10026.JPEG").as_posix() == (
+        "/maps/n01440764/n01440764_10026.pt"
+    )
+
+
+def test_dense_logits_scatter():
+    label_map = _random_map(np.random.default_rng(1))
+    dense = relabel_maps.dense_logits(label_map)
+    for r, c in [(0, 0), (3, 11), (14, 14)]:
+        for k in range(5):
+            assert dense[int(label_map[1, k, r, c]), r, c] == label_map[0, k, r, c]
+        assert np.count_nonzero(dense[:, r, c]) == 5
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_scores_equal_brute_force_upsampling(mode):
+    rng = np.random.default_rng(2)
+    label_map = _random_map(rng)
+    h, w = 97, 130
+    masks = np.zeros((3, h, w), bool)
+    masks[0, 10:50, 20:90] = True
+    masks[1] = rng.random((h, w)) < 0.3
+    masks[2, 60, 100] = True  # a single pixel, far smaller than a cell: it must not vanish
+    dense = torch.from_numpy(relabel_maps.dense_logits(label_map))[None]
+    torch_mode = {"bilinear": "bilinear", "nearest": "nearest-exact"}[mode]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    upsampled = F.interpolate(dense.double(), size=(h, w), mode=torch_mode, **kwargs)[0]
+    expected = torch.stack([torch.softmax(upsampled[:, m].mean(1), 0) for m in torch.from_numpy(masks)]).numpy()
+    got = relabel_maps.score_proposals(label_map, masks, mode)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    weights = relabel_maps.mask_cell_weights(masks, mode)
+    np.testing.assert_allclose(weights.sum((1, 2)), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"masks \[0\] are empty"):
+        relabel_maps.score_proposals(label_map, np.zeros((1, h, w), bool))
+
+
+def test_orientation_with_an_off_centre_object():
+    # Label 949 fills the bottom-left; class 340 sits in the top-right corner (rows 0-49, columns 200-299).
+    big, small = np.zeros((150, 300), bool), np.zeros((150, 300), bool)
+    big[60:, :180] = True
+    small[:50, 200:] = True
+    scene = Scene("x", np.zeros((150, 300, 3), np.uint8), [SceneObject(949, big), SceneObject(340, small)])
+    label_map = synthetic.relabel_map(scene, noise=0.0)
+    transposed = np.zeros_like(small)
+    transposed[100:, :100] = True  # where the object would be if rows and columns were swapped
+    probs = relabel_maps.score_proposals(label_map, np.stack([small, big, transposed]))
+    assert probs[0].argmax() == 340 and probs[0, 340] > 0.99
+    assert probs[1].argmax() == 949 and probs[1, 949] > 0.99
+    assert probs[2, 340] < 0.01
+
+
+def test_select_paper_and_authors_modes():
+    probs = np.full((4, 1000), 1e-4, np.float32)
+    probs[0, 5] = 0.9  # confident on the image label 5
+    probs[1, 5] = 0.75  # not above tau_sel (paper: "exceed")
+    probs[2, 7] = 0.8  # confident on another class
+    probs[3, 7] = 0.95
+    paper = relabel_maps.select_samples(probs, label=5)
+    assert paper == [Sample((0,), 5, pytest.approx(0.9))]
+    authors = relabel_maps.select_samples(probs, label=5, mode="authors")
+    assert [(s.mask_indices, s.class_index) for s in authors] == [((0, 1), 5), ((2, 3), 7)]
+    assert authors[1].relabel_prob == pytest.approx(0.95)
+    none_on_label = relabel_maps.select_samples(probs[2:], label=5, mode="authors", add_full_image=True)
+    assert none_on_label[-1].full_image and none_on_label[-1].class_index == 5
+    assert relabel_maps.select_samples(probs[2:], label=5) == []
+    with pytest.raises(ValueError, match="selection mode"):
+        relabel_maps.select_samples(probs, 5, mode="best")
+
+
+def test_iter_selections_records_missing_maps_and_goes_on(tmp_path):
+    scenes = [synthetic.make_scene(i) for i in range(3)]
+    root = tmp_path / "maps"
+    items = []
+    for k, scene in enumerate(scenes):
+        wnid_path = f"{scene.image_id.split('_')[0]}/{scene.image_id}.JPEG"
+        if k != 1:  # the second image has no map
+            path = relabel_maps.map_path(root, wnid_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(torch.from_numpy(synthetic.relabel_map(scene)), path)
+        items.append((scene.image_id, wnid_path, scene.label, np.stack([o.mask for o in scene.objects])))
+    results = list(relabel_maps.iter_selections(items, root))
+    assert [r[0] for r in results] == [s.image_id for s in scenes]
+    assert results[1][1] == [] and "not found" in results[1][2].reason
+    for (_, samples, failure), scene in zip(results[::2], scenes[::2], strict=True):
+        assert failure is None
+        primary = max(range(len(scene.objects)), key=lambda i: scene.objects[i].area)
+        assert [s.mask_indices for s in samples] == [(primary,)], "the ground-truth object of the label is chosen"
