@@ -43,13 +43,12 @@ def _pct(value: float) -> float:
 
 
 def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, threshold: float | None) -> Result:
-    out: Result = {}
+    multilabel: Result = {}
     skipped: dict[str, str] = {}
+    if bench.recipe != "single":
+        _multilabel(bench, ranked, scores, threshold, multilabel, skipped)
+    out: Result = {"n_images": multilabel.pop("n_images", len(bench))}
     depth = ranked.shape[1]
-    if bench.recipe == "single":
-        out["n_images"] = len(bench)
-    else:
-        _multilabel(bench, ranked, scores, threshold, out, skipped)
     if bench.original is not None and (bench.original >= 0).any():
         labelled = int((bench.original >= 0).sum())
         if labelled != out["n_images"]:
@@ -61,6 +60,7 @@ def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, t
                 skipped[f"top{k}"] = f"needs the top-{k} classes of each image; the predictions hold {depth}"
     if bench.main is not None:
         out["main_top1"] = _pct(metrics.top_k_accuracy(ranked, bench.main, 1))
+    out.update(multilabel)
     if skipped:
         out["skipped"] = skipped
     return out
