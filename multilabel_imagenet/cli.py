@@ -79,3 +79,162 @@ def synthetic_command(output: Path, num_train: int, num_val: int, seed: int, map
     click.echo(f"wrote {num_train} train and {num_val} validation scenes to {output}")
     click.echo(f"  images: {output / 'train'} (train layout), {output / 'val'} with {output / 'val_labels.txt'}")
     click.echo(f"  ReLabel maps: {output / 'relabel_maps'}; ground truth: {output / 'ground_truth'}")
+
+
+# --- evaluation: `evaluate` and the `benchmarks` group (library: multilabel_imagenet.evaluation) ---
+
+
+def _label_files(values: tuple[str, ...], names: tuple[str, ...]) -> dict[str, Path]:
+    """``--labels NAME=FILE`` pairs; a bare FILE is allowed when exactly one benchmark is named."""
+    files: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise click.BadParameter(f"{value!r}: with several benchmarks write NAME=FILE", param_hint="--labels")
+            name, file = names[0], value
+        files[name] = Path(file)
+    return files
+
+
+def _evaluation_errors() -> tuple[type[Exception], ...]:
+    from multilabel_imagenet.evaluation import BenchmarkFileError, PredictionsError
+    from multilabel_imagenet.evaluation.inference import ModelError
+
+    return BenchmarkFileError, PredictionsError, ModelError, images.ImageDecodeError, KeyError
+
+
+@main.command("evaluate")
+@click.argument("predictions", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--benchmark", "-b", "names", multiple=True, required=True, help="Benchmark name (repeatable).")
+@click.option(
+    "--labels",
+    multiple=True,
+    metavar="[NAME=]FILE",
+    help="Label file of a benchmark (repeatable). Files of imagenet-val / inv2 also supply original labels "
+    "to the benchmarks built on them. See `benchmarks list`.",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option("--threshold", default=0.5, show_default=True, help="Fixed threshold of the @<t> metrics.")
+@click.option("--model", help="timm:NAME or a timm model folder, run over --images instead of PREDICTIONS.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Local weights for timm:NAME.")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), help="Image folder.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--workers", default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.option(
+    "--save-scores", type=click.Path(dir_okay=False, path_type=Path), help="With --model: save scores (.npy)."
+)
+def evaluate_command(
+    predictions: Path | None,
+    names: tuple[str, ...],
+    labels: tuple[str, ...],
+    output: Path | None,
+    threshold: float,
+    model: str | None,
+    checkpoint: Path | None,
+    images_dir: Path | None,
+    batch_size: int,
+    workers: int,
+    device: str | None,
+    save_scores: Path | None,
+) -> None:
+    """Score PREDICTIONS (or --model run over --images) on each --benchmark; print a table, write JSON."""
+    import numpy as np
+
+    from multilabel_imagenet.evaluation import (
+        align,
+        evaluate,
+        evaluate_ranked,
+        inference,
+        load_benchmarks,
+        read_predictions,
+        report,
+    )
+
+    if (predictions is None) == (model is None):
+        raise click.UsageError("give either PREDICTIONS or --model")
+    if model is not None and (images_dir is None or len(names) != 1):
+        raise click.UsageError("--model needs --images and exactly one --benchmark")
+    try:
+        benches = load_benchmarks(names, _label_files(labels, names))
+        if model is not None:
+            bench = benches[names[0]]
+            paths = inference.find_images(bench, images_dir)  # type: ignore[arg-type]
+            net = inference.load_model(model, checkpoint)
+            with tqdm(total=len(paths), unit="img", desc=f"{model} on {bench.name}") as bar:
+                scores = inference.predict(
+                    net, paths, batch_size=batch_size, num_workers=workers, device=device, progress=bar.update
+                )
+            if save_scores is not None:
+                np.save(save_scores, scores)
+            results = {bench.name: evaluate(scores, bench, threshold=threshold)}
+        else:
+            submitted = read_predictions(predictions)  # type: ignore[arg-type]
+            results = {}
+            for name, bench in benches.items():
+                rows = align(submitted, bench)
+                results[name] = (
+                    evaluate(rows.scores, bench, threshold=threshold)
+                    if rows.scores is not None
+                    else evaluate_ranked(rows.ranked, bench)
+                )
+    except _evaluation_errors() as err:
+        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+    click.echo(report.format_table(results))
+    if output is not None:
+        report.write_json(results, output)
+        click.echo(f"wrote {output}")
+
+
+@main.group("benchmarks")
+def benchmarks_group() -> None:
+    """The multi-label ImageNet benchmarks: list them, print their image order, prepare IN-Seg."""
+
+
+@benchmarks_group.command("list")
+def benchmarks_list_command() -> None:
+    """Each benchmark with its images, source, licence and the label file it reads."""
+    from multilabel_imagenet.evaluation import REGISTRY
+
+    for info in REGISTRY.values():
+        click.echo(f"{info.name}: {info.title}")
+        click.echo(f"  images:     {info.images}")
+        click.echo(f"  source:     {info.source}")
+        click.echo(f"  licence:    {info.licence}")
+        click.echo(f"  label file: {info.label_file or 'none needed (bundled with timm)'}")
+        if info.base:
+            click.echo(f"  original labels from the {info.base} label file (optional unless stated)")
+
+
+@benchmarks_group.command("images")
+@click.argument("name")
+@click.option("--labels", "label_file", type=click.Path(dir_okay=False, path_type=Path), help="Its label file.")
+def benchmarks_images_command(name: str, label_file: Path | None) -> None:
+    """Print benchmark NAME's images in canonical order (the row order of array predictions)."""
+    from multilabel_imagenet.evaluation import load_benchmark
+
+    try:
+        bench = load_benchmark(name, label_file)
+    except _evaluation_errors() as err:
+        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+    click.echo("\n".join(bench.image_ids))
+
+
+@benchmarks_group.group("prepare")
+def benchmarks_prepare_group() -> None:
+    """Turn a benchmark's published raw files into the label file `evaluate` reads."""
+
+
+@benchmarks_prepare_group.command("in-seg")
+@click.option("--masks", required=True, type=click.Path(file_okay=False, path_type=Path), help="ImageNet-S masks.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def prepare_in_seg_command(masks: Path, output: Path) -> None:
+    """Read the ImageNet-S 919 validation mask PNGs under --masks and write the IN-Seg label sets."""
+    from multilabel_imagenet.evaluation import BenchmarkFileError, prepare_in_seg
+
+    try:
+        count = prepare_in_seg(masks, output)
+    except BenchmarkFileError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote the label sets of {count} images to {output}")
