@@ -115,6 +115,8 @@ def test_madry_label_sets_from_objects():
     assert np.flatnonzero(bench.targets[i]).tolist() == [322]
     assert bench.main[i] == 322 and bench.original[i] == 325
     assert bench.targets.sum(axis=1).max() >= 2
+    val = load_benchmark("imagenet-val", VAL_LABELS)
+    np.testing.assert_array_equal(bench.original, val.original[bench.val_indices()])  # same class order
     result = evaluate(one_hot(bench.main), bench)
     assert result["main_top1"] == 100.0
     assert 0 < result["multilabel_top1"] <= 100.0

@@ -65,6 +65,8 @@ def test_top_k_indices_and_single_label_accuracy_match_sklearn():
     labels = rng.integers(0, 50, size=400)
     ranked = metrics.top_k_indices(scores, 5)
     np.testing.assert_array_equal(ranked, np.argsort(-scores, axis=1)[:, :5])
+    tied = np.round(scores, 1)  # ties, also at the k-th place: lower class index first, deterministically
+    np.testing.assert_array_equal(metrics.top_k_indices(tied, 5), np.argsort(-tied, axis=1, kind="stable")[:, :5])
     for k in (1, 5):
         assert metrics.top_k_accuracy(ranked, labels, k) == pytest.approx(
             top_k_accuracy_score(labels, scores, k=k, labels=np.arange(50))

@@ -103,6 +103,13 @@ def test_ranked_topk_lists_report_only_ranking_metrics(tmp_path, bench, scores):
         assert "full score vectors" in got["skipped"]["map_per_sample"]
 
 
+def test_integer_array_with_few_columns_is_read_as_ranked_lists(tmp_path, bench, scores):
+    np.save(tmp_path / "top5.npy", np.argsort(-scores, axis=1)[:, :5].astype(np.int32))
+    rows = align(read_predictions(tmp_path / "top5.npy"), bench)
+    assert rows.scores is None
+    assert evaluate_ranked(rows.ranked, bench)["asma"] == pytest.approx(evaluate(scores, bench)["asma"])
+
+
 def test_short_topk_lists_skip_metrics_that_need_deeper_rankings(bench, scores):
     ranked = np.argsort(-scores, axis=1)[:, :1]
     got = evaluate_ranked(ranked, bench)

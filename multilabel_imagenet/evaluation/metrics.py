@@ -22,13 +22,22 @@ _CHUNK_ELEMENTS = 8_000_000  # bound on the temporary [rows, k, C] comparison ar
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores of each row, best first ([N, k]); ties keep the lower index first."""
+    """Indices of the ``k`` highest scores of each row, best first ([N, k]); among equal scores the lower class
+    index ranks first (as a stable descending sort would give)."""
     n, c = scores.shape
     k = min(k, c)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (n, 1))
-    part.sort(axis=1)  # lower index first among ties, after the stable sort below
+    if k == c:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part.sort(axis=1)
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    ranked = np.take_along_axis(part, order, axis=1)
+    # Rows where the k-th score is tied with a class left out: the partition chose arbitrarily, so redo them.
+    kth = np.take_along_axis(scores, ranked[:, -1:], axis=1)
+    tied = np.flatnonzero((scores >= kth).sum(axis=1) > k)
+    if len(tied):
+        ranked[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return ranked
 
 
 def _nonempty(targets: np.ndarray) -> np.ndarray:
