@@ -197,6 +197,14 @@ def test_evaluate_runs_a_local_timm_model_over_an_image_folder(tmp_path):
     assert got["n_images"] == 5
     assert got["multilabel_top1"] == pytest.approx(100 * np.mean(expected.argmax(1) == np.arange(5)))
 
+    # the same weights as a local checkpoint for timm:NAME (no download: the file overrides the Hub weights)
+    result = run(
+        "evaluate", "--model", "timm:resnet10t", "--checkpoint", tmp_path / "model" / "model.safetensors",
+        "--images", tmp_path / "v2", "-b", "inv2-ml", "--labels", refined, "--workers", 0, "--save-scores", saved,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(saved), expected, atol=1e-5)
+
     (tmp_path / "v2" / "0" / names[0]).unlink()
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--images",
                                        str(tmp_path / "v2"), "-b", "inv2-ml", "--labels", str(refined)])  # fmt: skip

@@ -79,6 +79,10 @@ def test_every_score_format_gives_the_same_report(tmp_path, bench, scores):
             assert got[key] == pytest.approx(value, abs=1e-6), (suffix, key)
 
 
+def test_evaluate_accepts_torch_tensors(bench, scores):
+    assert evaluate(torch.from_numpy(scores).double(), bench) == pytest.approx(evaluate(scores, bench))
+
+
 def test_ranked_topk_lists_report_only_ranking_metrics(tmp_path, bench, scores):
     ranked = np.argsort(-scores, axis=1)[:, :5]
     names = bench.image_ids
