@@ -204,7 +204,8 @@ def benchmarks_list_command() -> None:
         click.echo(f"  licence:    {info.licence}")
         click.echo(f"  label file: {info.label_file or 'none needed (bundled with timm)'}")
         if info.base:
-            click.echo(f"  original labels from the {info.base} label file (optional unless stated)")
+            need = "required" if info.base_required else "optional"
+            click.echo(f"  original labels: from the {info.base} label file ({need})")
 
 
 @benchmarks_group.command("images")

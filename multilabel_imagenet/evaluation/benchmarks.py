@@ -82,6 +82,7 @@ class BenchmarkInfo:
     licence: str
     label_file: str  # what ``path`` must be ("" = bundled with timm)
     base: str | None  # benchmark whose label file supplies the original labels
+    base_required: bool = False  # the metric itself needs the original labels
 
 
 REGISTRY: dict[str, BenchmarkInfo] = {
@@ -128,7 +129,7 @@ REGISTRY: dict[str, BenchmarkInfo] = {
             "IN-Seg: ImageNet-S 919 validation masks -> class sets (Gao et al.)",
             "12,419",
             "github.com/LUSSeg/ImageNet-S release ImageNetS919 (prepare with `benchmarks prepare in-seg`)",
-            "no licence file in the repository (research use)",
+            "no licence file in the repository",
             "file written by `multilabel-imagenet benchmarks prepare in-seg`",
             "imagenet-val",
         ),
@@ -137,16 +138,17 @@ REGISTRY: dict[str, BenchmarkInfo] = {
             "Shankar et al. 2020 multi-labels (TFDS imagenet2012_multilabel), per-class averaged",
             "20,000 (problematic skipped)",
             "storage.googleapis.com/brain-car-datasets/imagenet-mistakes/human_accuracy_v3.0.0.json",
-            "TFDS: CC BY 4.0 annotations",
+            "not stated by the source (TFDS catalog gives none)",
             "human_accuracy_v3.0.0.json",
             "imagenet-val",
+            base_required=True,
         ),
         BenchmarkInfo(
             "imagenet-m",
             "ImageNet-M: 68 major-mistake images (Vasudevan et al. 2022), count correct",
             "68",
             "human_accuracy_v3.0.0.json (key imagenet_m)",
-            "TFDS: CC BY 4.0 annotations",
+            "not stated by the source (TFDS catalog gives none)",
             "human_accuracy_v3.0.0.json",
             "imagenet-val",
         ),
