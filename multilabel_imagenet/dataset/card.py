@@ -130,7 +130,7 @@ def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> 
     for s, name in enumerate(series):
         draw.rectangle([width - 260, 10 + 16 * s, width - 250, 20 + 16 * s], fill=colours[s % 4])
         draw.text((width - 244, 8 + 16 * s), name, fill="black", font=font)
-    draw.text((left, 10), "Images by number of labels (score >= 0.5)", fill="black", font=font)
+    draw.text((left, 10), "Images by number of labels (score > 0.5)", fill="black", font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")

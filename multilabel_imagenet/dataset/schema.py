@@ -19,7 +19,8 @@ CONFIGS = ("labels", "proposals")
 DEFAULT_CONFIG = "labels"
 SPLITS = ("train", "validation")
 LABEL_THRESHOLD = 0.5
-"""A class enters the ``labels`` column when its soft score is at least this."""
+"""A class enters the ``labels`` column when its soft score exceeds this (strictly, as Local-Hard in
+``builder.aggregate``; the paper's Table 5 counts labels at this threshold)."""
 UNKNOWN_LABEL = -1
 """ClassLabel value of an image whose original label is unknown."""
 
@@ -44,7 +45,7 @@ class Proposal:
 @dataclass(frozen=True)
 class ImageLabels:
     """A row of the ``labels`` config. ``width``/``height``/``num_proposals`` may be None when the source lacks them
-    (the authors' TSV). ``labels`` is derived by the writer: classes whose soft score is >= LABEL_THRESHOLD."""
+    (the authors' TSV). ``labels`` is derived by the writer: classes whose soft score is > LABEL_THRESHOLD."""
 
     image_id: str
     path: str
@@ -128,7 +129,7 @@ def labels_row(record: ImageLabels) -> dict:
         "soft_scores": soft_scores,
         "global_classes": [int(c) for c in record.global_classes],
         "global_scores": [float(s) for s in record.global_scores],
-        "labels": sorted(c for c, s in zip(soft_classes, soft_scores, strict=True) if s >= LABEL_THRESHOLD),
+        "labels": sorted(c for c, s in zip(soft_classes, soft_scores, strict=True) if s > LABEL_THRESHOLD),
         "num_proposals": record.num_proposals,
     }
 

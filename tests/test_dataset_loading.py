@@ -1,0 +1,207 @@
+"""load(): local/Hub resolution, folder checks, ImageNet join, scheme targets, crop-aware targets, collate."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from test_dataset_support import BUILD, synthetic_records
+from torch.utils.data import DataLoader
+
+from multilabel_imagenet.builder import aggregate
+from multilabel_imagenet.dataset import loading, schema, writer
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini") / "mini"
+    labels, proposals = synthetic_records(root, num_train=8, num_val=3)
+    folder = writer.write_dataset(root.parent / "multilabel-imagenet", BUILD, labels=labels, proposals=proposals)
+    return root, folder, labels, proposals
+
+
+@pytest.fixture(scope="module")
+def train(mini, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return (
+        loading.load(mini[1], "labels", "train", imagenet_root=mini[0], cache_dir=cache),
+        loading.load(mini[1], "proposals", "train", cache_dir=cache),
+    )
+
+
+def test_resolve_local_and_hub(mini):
+    assert loading.resolve(mini[1]) == loading.Source(str(mini[1].resolve()), None, True)
+    assert loading.resolve("org/multilabel-imagenet", "v1.0.0") == loading.Source(
+        "org/multilabel-imagenet", "v1.0.0", False
+    )
+    with pytest.raises(ValueError, match="pass revision="):
+        loading.resolve("org/multilabel-imagenet")
+    with pytest.raises(ValueError, match="neither an existing dataset folder nor a Hub repo id"):
+        loading.resolve("./no/such/folder")
+    with pytest.raises(ValueError, match="has no revisions"):
+        loading.resolve(mini[1], "v1.0.0")
+
+
+def test_load_with_images(train, mini):
+    labels, _ = train
+    assert isinstance(labels.features["image"], datasets.Image)
+    row = labels[0]
+    assert row["image"].size == (row["width"], row["height"])
+    assert row["image_id"] == mini[2]["train"][0].image_id
+
+
+def test_load_streaming_validation(mini, tmp_path):
+    ds = loading.load(mini[1], "labels", "validation", imagenet_root=mini[0], streaming=True)
+    rows = list(ds)
+    assert [r["image_id"] for r in rows] == [r.image_id for r in mini[2]["validation"]]
+    assert rows[0]["image"].size == (rows[0]["width"], rows[0]["height"])
+
+
+def test_damaged_folders_are_named(mini, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(mini[1], folder)
+    shard = folder / "data/proposals/train-00000-of-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(loading.DatasetFolderError, match=r"train-00000-of-00001.parquet: \d+ bytes but .* records"):
+        loading.load(folder, "proposals", "train", cache_dir=tmp_path / "c")
+    manifest = writer.read_build_json(folder)
+    manifest["configs"]["proposals"]["splits"]["train"]["files"][0]["num_bytes"] = shard.stat().st_size
+    (folder / writer.BUILD_JSON).write_text(__import__("json").dumps(manifest))
+    with pytest.raises(loading.DatasetFolderError, match="train-00000-of-00001.parquet: not a complete Parquet file"):
+        loading.load(folder, "proposals", "train", cache_dir=tmp_path / "c")
+    (folder / "README.md").write_text("---\nlicense: other\n---\n")
+    with pytest.raises(loading.DatasetFolderError, match="README.md: the YAML header has no `configs`"):
+        loading.load(folder, "labels", "train", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown config 'masks'"):
+        loading.load(mini[1], "masks")
+
+
+@pytest.mark.parametrize("scheme", [*aggregate.SCHEMES, "local_hard@0.8+pred"])
+def test_scheme_targets_match_aggregate(train, scheme):
+    labels, _ = train
+    data = loading.TrainingDataset(labels, scheme)
+    rows = labels.remove_columns("image")
+    for i in range(len(data)):
+        item, row = data[i], rows[i]
+        expected = aggregate.dense_target(
+            scheme, row["soft_classes"], row["soft_scores"], row["label"], row["global_classes"], row["global_scores"]
+        )
+        assert item["target"].dtype == torch.float32 and item["target"].shape == (1000,)
+        np.testing.assert_array_equal(item["target"].numpy(), expected)
+        assert item["label"] == row["label"] and item["image"].size == (row["width"], row["height"])
+    if scheme.endswith("+original"):
+        assert all(data[i]["target"][rows[i]["label"]] == 1.0 for i in range(len(data)))
+
+
+def test_unknown_scheme_is_named(train):
+    with pytest.raises(ValueError, match="unknown scheme 'soft_local'"):
+        loading.TrainingDataset(train[0], "soft_local")
+
+
+def test_dataloader_batches_keep_dtypes(train):
+    import torchvision.transforms.v2 as T
+
+    transform = T.Compose([T.ToImage(), T.ToDtype(torch.float16, scale=True)])
+    data = loading.TrainingDataset(
+        train[0],
+        "local_soft+original",
+        transform,
+        proposals=train[1],
+        crop=loading.RandomResizedCropWithBox(64),
+        target_dtype=torch.float16,
+    )
+    batch = next(iter(DataLoader(data, batch_size=4, collate_fn=loading.collate)))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float16
+    assert batch["target"].shape == (4, 1000) and batch["target"].dtype == torch.float16
+    assert batch["label"].dtype == torch.int64 and len(batch["image_id"]) == 4
+    assert batch["box"].shape == (4, 4)
+
+
+def test_collate_pads_and_keeps_float16():
+    batch = loading.collate(
+        [
+            {"scores": np.array([0.5, 0.25], dtype=np.float16), "classes": np.array([3, 7], dtype=np.int16), "k": 1},
+            {"scores": np.array([0.75], dtype=np.float16), "classes": np.array([9], dtype=np.int16), "k": 2},
+        ]
+    )
+    assert batch["scores"].dtype == torch.float16 and batch["classes"].dtype == torch.int16
+    assert batch["scores"].tolist() == [[0.5, 0.25], [0.75, 0.0]]
+    assert batch["classes"].tolist() == [[3, 7], [9, -1]]
+    assert batch["k"].tolist() == [1, 2]
+
+
+def test_crop_fractions_equal_pixel_counts(mini):
+    rng = np.random.default_rng(0)
+    for record in mini[3]["train"]:
+        masks = [schema.proposals_row(record)["masks"][j] for j in range(len(record.masks))]
+        for _ in range(5):
+            w, h = int(rng.integers(1, record.width)), int(rng.integers(1, record.height))
+            x, y = int(rng.integers(0, record.width - w + 1)), int(rng.integers(0, record.height - h + 1))
+            got = loading.crop_fractions(masks, (x, y, w, h))
+            for m, f in zip(masks, got, strict=True):
+                pixels = mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()})
+                assert f == pytest.approx(pixels[y : y + h, x : x + w].sum() / pixels.sum(), abs=1e-6)
+
+
+class _FixedBox(loading.RandomResizedCropWithBox):
+    def __init__(self, box):
+        super().__init__(32)
+        self.box = box
+
+    def sample_box(self, width, height):
+        return self.box
+
+
+def test_crop_aware_target(train, mini):
+    labels, proposals = train
+    record = next(r for r in mini[3]["train"] if len(r.masks) >= 2)
+    index = labels["image_id"].index(record.image_id)
+    whole = loading.TrainingDataset(
+        labels, "local_soft", proposals=proposals, crop=_FixedBox((0, 0, record.width, record.height))
+    )
+    plain = loading.TrainingDataset(labels, "local_soft")
+    # A crop holding the whole image gives the stored Local-Soft target (scores stored in float16 per mask).
+    np.testing.assert_allclose(whole[index]["target"].numpy(), plain[index]["target"].numpy(), atol=1e-3)
+    mask = record.masks[0]
+    x, y, w, h = (int(v) for v in mask.bbox)
+    left = loading.TrainingDataset(labels, "local_soft", proposals=proposals, crop=_FixedBox((x, y, w // 2, h)))
+    target = left[index]["target"].numpy()
+    pixels = mask_utils.decode({"size": list(mask.size), "counts": mask.counts.encode()})
+    fractions = [
+        mask_utils.decode({"size": list(m.size), "counts": m.counts.encode()})[y : y + h, x : x + w // 2].sum() / m.area
+        for m in record.masks
+    ]
+    assert fractions[0] == pytest.approx(pixels[y : y + h, x : x + w // 2].sum() / mask.area)
+    expected = np.zeros(1000, dtype=np.float32)
+    for m, f in zip(record.masks, fractions, strict=True):
+        for c, s in zip(m.classes, m.scores, strict=True):
+            expected[c] = max(expected[c], f * np.float16(s))
+    np.testing.assert_allclose(target, expected, rtol=1e-5, atol=1e-6)
+    assert 0 < target[mask.classes[0]] < mask.scores[0]
+
+
+def test_mask_size_disagreeing_with_image(train, mini):
+    labels, _ = train
+    record = mini[3]["train"][0]
+    bad = replace(record, masks=(replace(record.masks[0], size=(record.width, record.height)),))
+    broken = datasets.Dataset.from_list([schema.proposals_row(bad)], features=schema.features("proposals"))
+    data = loading.TrainingDataset(labels, "local_soft", proposals=broken, crop=_FixedBox((0, 0, 8, 8)))
+    with pytest.raises(loading.MaskSizeError, match=rf"image '{record.image_id}': mask 0 .* has RLE size"):
+        data[labels["image_id"].index(record.image_id)]
+
+
+def test_random_resized_crop_box_stays_inside():
+    crop = loading.RandomResizedCropWithBox(48, scale=(0.2, 1.0))
+    torch.manual_seed(0)
+    from PIL import Image
+
+    image = Image.new("RGB", (120, 80))
+    for _ in range(50):
+        out, (x, y, w, h) = crop(image)
+        assert out.size == (48, 48)
+        assert x >= 0 and y >= 0 and x + w <= 120 and y + h <= 80 and w * h >= 0.2 * 120 * 80 - 200
