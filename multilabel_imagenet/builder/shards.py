@@ -1,0 +1,108 @@
+"""The build's work directory: images cut into shards, one result file per stage and shard, written atomically.
+
+``<work>/<stage>/<split>/shard-00042-of-00100.jsonl`` holds one JSON object per image of shard 42, in the
+shard's image order. It is written to a temporary name and renamed when complete, so a file that exists is
+complete: a rerun skips it, and killing the process at any moment loses at most the shards in progress (a
+SIGKILL may leave a hidden ``.shard-*.tmp`` file, which is never read). Lines
+are serialised with sorted keys and fixed float formatting, so the same results give the same bytes.
+An image that failed a stage has ``"error": "<reason>"`` in its line instead of results; it is never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def parse_shard_spec(spec: str | None) -> tuple[int, int]:
+    """``"i/n"`` (0-based i, as SLURM_ARRAY_TASK_ID gives it) -> (i, n); None -> (0, 1), all shards."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes I/N with integers, e.g. 3/16; got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {spec}: need 0 <= I < N")
+    return i, n
+
+
+def split_into_shards(items: Sequence[T], shard_size: int) -> list[Sequence[T]]:
+    """Consecutive chunks of ``shard_size`` (the last may be shorter)."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    return [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+
+
+def mine(num_shards: int, worker: int, workers: int) -> list[int]:
+    """The shard indices one of ``workers`` independent processes handles: every workers-th, from ``worker``."""
+    return list(range(worker, num_shards, workers))
+
+
+def dumps(obj) -> str:
+    """One deterministic JSON line (sorted keys, floats as Python's shortest round-trip repr)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """The result files of one stage and split."""
+
+    root: Path
+    stage: str
+    split: str
+    num_shards: int
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.stage / self.split
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}-of-{self.num_shards:05d}.jsonl"
+
+    def is_complete(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.num_shards) if not self.is_complete(i)]
+
+    def write(self, index: int, rows: Iterable[dict]) -> Path:
+        """Write a shard's rows under a temporary name, fsync, then rename into place (atomic on POSIX)."""
+        final = self.path(index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(final)
+        except BaseException:  # interrupted or bad row: leave no partial file (a SIGKILL may leave a .tmp)
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    def read(self, index: int) -> list[dict]:
+        path = self.path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: shard not built yet (run the '{self.stage}' stage first)")
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def read_all(self) -> Iterator[dict]:
+        """Every row of every shard in order; raises naming the first missing shard."""
+        missing = self.missing()
+        if missing:
+            raise FileNotFoundError(
+                f"{self.folder}: {len(missing)} of {self.num_shards} shards of stage '{self.stage}' are not "
+                f"complete (e.g. shard {missing[0]}); run that stage (all --shard workers) first"
+            )
+        for i in range(self.num_shards):
+            yield from self.read(i)

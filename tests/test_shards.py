@@ -1,0 +1,52 @@
+import json
+import os
+
+import pytest
+
+from multilabel_imagenet.builder import shards
+from multilabel_imagenet.builder.shards import StageDir
+
+
+def test_shard_spec_and_assignment():
+    assert shards.parse_shard_spec(None) == (0, 1)
+    assert shards.parse_shard_spec("3/16") == (3, 16)
+    for bad in ("16/16", "-1/4", "a/b", "3"):
+        with pytest.raises(ValueError, match="--shard"):
+            shards.parse_shard_spec(bad)
+    assert shards.split_into_shards(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert shards.mine(10, 1, 4) == [1, 5, 9]
+    assert sorted(sum((shards.mine(10, w, 4) for w in range(4)), [])) == list(range(10))
+
+
+def test_stage_dir_writes_atomically_and_deterministically(tmp_path):
+    stage = StageDir(tmp_path, "discover", "train", num_shards=3)
+    assert stage.missing() == [0, 1, 2]
+    rows = [{"b": 0.1, "a": [1, 2]}, {"image_id": "x", "error": "truncated"}]
+    path = stage.write(1, rows)
+    assert path.name == "shard-00001-of-00003.jsonl" and stage.is_complete(1)
+    assert path.read_text() == '{"a":[1,2],"b":0.1}\n{"error":"truncated","image_id":"x"}\n'
+    assert stage.read(1) == rows
+    assert not list(stage.folder.glob("*.tmp")), "no temporary left behind"
+    with pytest.raises(FileNotFoundError, match="2 of 3 shards"):
+        list(stage.read_all())
+    stage.write(0, [{"i": 0}])
+    stage.write(2, [])
+    assert [r.get("i") for r in stage.read_all()] == [0, None, None]
+    with pytest.raises(ValueError):
+        stage.write(0, [{"x": float("nan")}])
+
+
+def test_a_killed_write_leaves_no_complete_shard(tmp_path):
+    stage = StageDir(tmp_path, "label", "validation", num_shards=1)
+
+    def rows():
+        yield {"ok": 1}
+        raise KeyboardInterrupt  # the process is killed half-way through the shard
+
+    with pytest.raises(KeyboardInterrupt):
+        stage.write(0, rows())
+    assert not stage.is_complete(0) and stage.missing() == [0]
+    assert not list(stage.folder.iterdir()), "the partial file is removed"
+    stage.write(0, [{"ok": 1}])
+    assert stage.read(0) == [{"ok": 1}] and json.loads(stage.path(0).read_text()) == {"ok": 1}
+    assert os.path.getsize(stage.path(0)) > 0
