@@ -136,7 +136,7 @@ def _class_list(values: Sequence[object], source: str, row: str) -> list[int]:
     return out
 
 
-def _from_rows(path: Path, names: list[str], kind: str, values: list) -> Predictions:
+def _from_rows(path: Path, names: list[str], kind: str, values: list | np.ndarray) -> Predictions:
     source = str(path)
     if kind == "scores":
         bad = [n for n, v in zip(names, values, strict=True) if v is None or len(v) != classes.NUM_CLASSES]
@@ -213,13 +213,22 @@ def _read_table(path: Path) -> Predictions:
                 )
             names = [str(x) for x in table.column("image").to_pylist()]
             array = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns])
-            return _from_rows(path, names, "scores", list(array))
+            return _from_rows(path, names, "scores", array)
         if "topk" in columns:
             names = [str(x) for x in table.column("image").to_pylist()]
             values = [str(v or "").split() for v in table.column("topk").to_pylist()]
             return _from_rows(path, names, "topk", values)
     kind = _kind(table.column_names, path)
-    return _from_rows(path, [str(x) for x in table.column("image").to_pylist()], kind, table.column(kind).to_pylist())
+    names = [str(x) for x in table.column("image").to_pylist()]
+    values = table.column(kind).combine_chunks()
+    if kind == "scores":
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        if values.null_count == 0 and (lengths == classes.NUM_CLASSES).all():  # fast path: no Python floats
+            flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)
+            return _from_rows(path, names, kind, flat.reshape(len(names), classes.NUM_CLASSES))
+    return _from_rows(path, names, kind, values.to_pylist())
 
 
 def read_predictions(path: str | Path) -> Predictions:
