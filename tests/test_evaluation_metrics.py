@@ -92,6 +92,8 @@ def test_multilabel_top_k_and_variable_top_k_against_loops():
     for k, acc in by_k.items():
         assert acc == pytest.approx(np.mean(np.array(exact)[counts == k]))
     assert metrics.asma(ranked, targets) == pytest.approx(np.mean(list(by_k.values())))
+    found = [len(set(ranked[i, : targets[i].sum()]) & set(np.flatnonzero(targets[i]))) / targets[i].sum() for i in rows]
+    assert metrics.r_precision(ranked, targets) == pytest.approx(np.mean(found))
 
 
 def test_variable_top_k_small_hand_case():
@@ -103,6 +105,7 @@ def test_variable_top_k_small_hand_case():
     assert metrics.variable_top_k_accuracy(ranked, targets) == pytest.approx(2 / 3)
     assert metrics.variable_top_k_by_label_count(ranked, targets) == {1: 1.0, 2: 0.5}
     assert metrics.asma(ranked, targets) == pytest.approx(0.75)
+    assert metrics.r_precision(ranked, targets) == pytest.approx((1 + 0.5 + 1) / 3)
 
 
 def test_threshold_metrics_match_sklearn():

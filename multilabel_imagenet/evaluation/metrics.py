@@ -96,6 +96,17 @@ def variable_top_k_accuracy(ranked: np.ndarray, targets: np.ndarray) -> float:
     return float(variable_top_k_correct(ranked, targets).mean())
 
 
+def r_precision(ranked: np.ndarray, targets: np.ndarray) -> float:
+    """R-precision: the fraction of an image's k = |Y_i| labels found among its k highest-ranked classes,
+    averaged over images with a non-empty label set (partial credit, unlike variable top-k accuracy)."""
+    keep = _nonempty(targets)
+    ranked, targets = ranked[keep], targets[keep]
+    k = targets.sum(axis=1)
+    _need_ranks(ranked, int(k.max()))
+    hits = np.cumsum(_hits(ranked[:, : int(k.max())], targets), axis=1)
+    return float((hits[np.arange(len(k)), k - 1] / k).mean())
+
+
 def variable_top_k_by_label_count(ranked: np.ndarray, targets: np.ndarray) -> dict[int, float]:
     """Variable top-k accuracy within each subgroup of images that have exactly k labels, keyed by k."""
     correct = variable_top_k_correct(ranked, targets)

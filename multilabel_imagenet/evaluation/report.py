@@ -25,6 +25,8 @@ DEFINITIONS: dict[str, str] = {
     "exactly the label set; averaged over images (%); _k<n>: within images with n labels",
     "asma": "ASMA (our reading of Anzaku et al.): unweighted mean over label-count subgroups (one per n present) "
     "of the subgroup's variable top-k accuracy (%)",
+    "r_precision": "R-precision: fraction of the image's k labels among its k highest-scored classes, averaged "
+    "over images (partial-credit counterpart of variable_topk) (%)",
     "map_per_sample": "per-sample average precision over all 1000 classes, averaged over images = sklearn "
     "label_ranking_average_precision_score; the paper's 'mAP' (%); _k1/_k2/_k3/_k4plus: images with that "
     "many labels (paper Table 2)",

@@ -101,11 +101,12 @@ def _multilabel(
     if depth >= counts.max():
         out["variable_topk"] = _pct(metrics.variable_top_k_accuracy(ranked, targets))
         out["asma"] = _pct(metrics.asma(ranked, targets))
+        out["r_precision"] = _pct(metrics.r_precision(ranked, targets))
         for k, acc in metrics.variable_top_k_by_label_count(ranked, targets).items():
             out[f"variable_topk_k{k}"] = _pct(acc)
     else:
         reason = f"needs the top-{counts.max()} classes (the largest label set); the predictions hold {depth}"
-        skipped.update({"variable_topk": reason, "asma": reason})
+        skipped.update({"variable_topk": reason, "asma": reason, "r_precision": reason})
     if scores is None:
         skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "precision/recall/f1")})
         return
