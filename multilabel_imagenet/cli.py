@@ -239,3 +239,45 @@ def prepare_in_seg_command(masks: Path, output: Path) -> None:
     except BenchmarkFileError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote the label sets of {count} images to {output}")
+
+
+@main.group("import")
+def import_group() -> None:
+    """Turn published annotation files into a dataset folder that `datasets.load_dataset` reads."""
+
+
+@import_group.command("tsv")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
+@click.option("--version", "version", default="1.0.0", show_default=True, help="Semantic version of the release.")
+@click.option("--train-root", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Read image sizes.")
+def import_tsv_command(file: Path, output: Path, version: str, train_root: Path | None) -> None:
+    """The authors' multilabel_compressed.tsv -> the `labels` config (train split) of OUTPUT."""
+    from multilabel_imagenet.dataset import importers
+
+    try:
+        stats = importers.import_tsv(file, output, version, train_root)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    dist = stats["label_count_distribution"]
+    shares = ", ".join(f"k={k}: {100 * dist[k]:.2f}%" for k in ("0", "1", "2", "3", ">=4"))
+    click.echo(f"wrote {stats['num_images']} images to {output}/data/labels; labels per image: {shares}")
+
+
+@import_group.command("cutler")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
+@click.option("--version", "version", default="1.0.0", show_default=True, help="Semantic version of the release.")
+@click.option("--source", help="Name of the MaskCut configuration stored with each mask [default: file stem].")
+def import_cutler_command(file: Path, output: Path, version: str, source: str | None) -> None:
+    """CutLER's COCO JSON of MaskCut proposals -> the `proposals` config (train split) of OUTPUT."""
+    from multilabel_imagenet.dataset import importers
+
+    try:
+        result = importers.import_cutler(file, output, version, source)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    masks = sum(k * n for k, n in result.masks_per_image.items())
+    click.echo(f"wrote {len(result.records)} images, {masks} masks to {output}/data/proposals")
+    if result.swapped_sizes:
+        click.echo(f"  {result.swapped_sizes} images had width/height swapped in the file; used the masks' size")
