@@ -205,6 +205,12 @@ def test_evaluate_runs_a_local_timm_model_over_an_image_folder(tmp_path):
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(saved), expected, atol=1e-5)
 
+    (tmp_path / "v2" / "7" / names[1]).write_bytes(b"not an image")  # decoded in a worker process
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--images",
+                                       str(tmp_path / "v2"), "-b", "inv2-ml", "--labels", str(refined),
+                                       "--workers", "1"])  # fmt: skip
+    assert result.exit_code != 0 and f"{names[1]}: not a recognised image format" in result.output
+
     (tmp_path / "v2" / "0" / names[0]).unlink()
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--images",
                                        str(tmp_path / "v2"), "-b", "inv2-ml", "--labels", str(refined)])  # fmt: skip

@@ -67,6 +67,34 @@ def find_images(benchmark: Benchmark, images_dir: str | Path) -> list[Path]:
     return [found[image_key(n)] for n in benchmark.image_ids]
 
 
+class _ImageFiles:
+    """Map-style dataset of decoded, transformed images (module level so worker processes can pickle it)."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        """The transformed image, or (path, reason) if it cannot be decoded (re-raised in the main process)."""
+        from multilabel_imagenet.images import ImageDecodeError, decode_image
+
+        try:
+            return self.transform(decode_image(self.paths[i]))
+        except ImageDecodeError as err:
+            return err.path, err.reason
+
+
+def _collate(items: list):
+    """Stack a batch of images; a batch with an undecodable image becomes the list of its failures."""
+    import torch
+
+    failures = [x for x in items if isinstance(x, tuple)]
+    return failures if failures else torch.stack(items)
+
+
 def predict(
     model,
     paths: Sequence[Path],
@@ -84,23 +112,19 @@ def predict(
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    from multilabel_imagenet.images import decode_image
-
     transform = create_transform(**resolve_data_config({}, model=model))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
-    class _Images(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(paths)
+    from multilabel_imagenet.images import ImageDecodeError
 
-        def __getitem__(self, i: int):
-            return transform(decode_image(paths[i]))
-
-    loader = torch.utils.data.DataLoader(_Images(), batch_size=batch_size, num_workers=num_workers)
+    dataset = _ImageFiles(paths, transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     out = []
     with torch.inference_mode():
         for batch in loader:
+            if isinstance(batch, list):
+                raise ImageDecodeError(*batch[0])
             out.append(model(batch.to(device)).float().softmax(dim=1).cpu().numpy())
             if progress is not None:
                 progress(len(batch))
