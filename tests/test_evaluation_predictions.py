@@ -114,6 +114,11 @@ def test_integer_array_with_few_columns_is_read_as_ranked_lists(tmp_path, bench,
     assert evaluate_ranked(rows.ranked, bench)["asma"] == pytest.approx(evaluate(scores, bench)["asma"])
 
 
+def test_csv_single_class_topk_keeps_class_zero(tmp_path):
+    (tmp_path / "t.csv").write_text("image,topk\naa.jpeg,0\nbb.jpeg,5\n")
+    assert read_predictions(tmp_path / "t.csv").ranked.tolist() == [[0], [5]]
+
+
 def test_short_topk_lists_skip_metrics_that_need_deeper_rankings(bench, scores):
     ranked = np.argsort(-scores, axis=1)[:, :1]
     got = evaluate_ranked(ranked, bench)

@@ -204,7 +204,8 @@ def _read_table(path: Path) -> Predictions:
         import pyarrow as pa
         import pyarrow.csv as pcsv
 
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={"image": pa.string()}))
+        text_columns = {"image": pa.string(), "topk": pa.string()}  # "0" must stay a class, not a falsy int
+        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=text_columns))
         columns = [c for c in table.column_names if c != "image"]
         if "image" in table.column_names and "topk" not in columns and len(columns) == classes.NUM_CLASSES:
             if columns != [str(i) for i in range(classes.NUM_CLASSES)]:
@@ -216,7 +217,7 @@ def _read_table(path: Path) -> Predictions:
             return _from_rows(path, names, "scores", array)
         if "topk" in columns:
             names = [str(x) for x in table.column("image").to_pylist()]
-            values = [str(v or "").split() for v in table.column("topk").to_pylist()]
+            values = [(v or "").split() for v in table.column("topk").to_pylist()]
             return _from_rows(path, names, "topk", values)
     kind = _kind(table.column_names, path)
     names = [str(x) for x in table.column("image").to_pylist()]
