@@ -1,0 +1,275 @@
+"""Patch-feature extractors for MaskCut: self-supervised ViTs (timm, transformers) and a non-learned one.
+
+An extractor maps a normalised image batch (B, 3, H, W), H and W multiples of its patch size, to patch
+features (B, H/p, W/p, d) in float32, CLS and register tokens dropped (REFERENCE.md section 1 step 2):
+
+* ``q``, ``k``, ``v``: the LAST block's attention input projections, heads concatenated (d = embed dim), as
+  the attention computes them (biases included, q/k normalisation applied where a model has it, before any
+  rotary position embedding, which encodes position rather than content);
+* ``patch``: the final (normalised) patch tokens.
+
+Weights come from a timm name or a transformers Hub id (online), or from a local safetensors file / a
+``save_pretrained`` folder (offline); nothing is ever unpickled. On CUDA the forward pass runs under bf16
+autocast; features are returned in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from multilabel_imagenet.builder.configs import FEATURES
+
+# ImageNet mean/std normalisation (REFERENCE.md section 1 step 1; CutLER's MaskCut uses these for DINO).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COLOUR_TEXTURE = "colour-texture"
+
+
+class Extractor(Protocol):
+    """Anything that turns a normalised (B, 3, H, W) batch into (B, H/p, W/p, d) float32 patch features."""
+
+    patch_size: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Step 1: resize to size x size (LANCZOS, aspect ratio ignored), ImageNet mean/std.
+
+    Returns the normalised batch (B, 3, size, size) and the resized RGB images (uint8, for the CRF).
+    """
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    resized = []
+    for i, im in enumerate(images):
+        if isinstance(im, np.ndarray):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected H x W x 3 uint8 array, got {im.shape} {im.dtype}")
+            im = Image.fromarray(im)
+        resized.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)))
+    if not resized:
+        raise ValueError("no images given")
+    x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std, resized
+
+
+def _check_input(images: torch.Tensor, patch: int) -> tuple[int, int]:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[2:]
+    if h % patch or w % patch:
+        raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {patch}")
+    return h // patch, w // patch
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _split_heads_norm(t: torch.Tensor, norm: torch.nn.Module | None, heads: int) -> torch.Tensor:
+    """Apply a per-head q/k norm (timm's q_norm/k_norm; identity for DINO models) to (B, N, C)."""
+    if norm is None or isinstance(norm, torch.nn.Identity):
+        return t
+    b, n, c = t.shape
+    return norm(t.reshape(b, n, heads, c // heads).transpose(1, 2)).transpose(1, 2).reshape(b, n, c)
+
+
+class TimmExtractor:
+    """Features of a timm ViT (VisionTransformer: DINO, DINOv2 with/without registers; Eva: DINOv3)."""
+
+    def __init__(self, model: torch.nn.Module, feature: str):
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        if not hasattr(model, "blocks") or not hasattr(model, "num_prefix_tokens"):
+            raise ValueError(f"{type(model).__name__} is not a timm ViT (no blocks / num_prefix_tokens)")
+        self.model = model.eval()
+        self.feature = feature
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.device = next(model.parameters()).device
+
+    def _qkv(self, attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The attention's projection of its input x for self.feature, heads concatenated (B, N, C)."""
+        index = "qkv".index(self.feature)
+        if getattr(attn, "qkv", None) is not None:
+            out = attn.qkv(x)
+            q_bias = getattr(attn, "q_bias", None)
+            if q_bias is not None:  # Eva keeps q/k/v biases outside the qkv Linear
+                bias = torch.cat((q_bias, attn.k_bias, attn.v_bias))
+                out = out + bias if getattr(attn, "qkv_bias_separate", False) else F.linear(x, attn.qkv.weight, bias)
+            t = out.chunk(3, dim=-1)[index]
+        else:
+            t = getattr(attn, f"{self.feature}_proj")(x)
+        if self.feature in "qk":
+            t = _split_heads_norm(t, getattr(attn, f"{self.feature}_norm", None), attn.num_heads)
+        return t
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        gh, gw = _check_input(images, self.patch_size)
+        images = images.to(self.device)
+        captured: dict[str, torch.Tensor] = {}
+        attn = self.model.blocks[-1].attn
+        hook = None
+        if self.feature != "patch":
+
+            def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+                captured["x"] = args[0] if args else kwargs["x"]
+
+            hook = attn.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with _autocast(self.device):
+                tokens = self.model.forward_features(images)
+                if self.feature != "patch":
+                    tokens = self._qkv(attn, captured["x"])
+        finally:
+            if hook is not None:
+                hook.remove()
+        patches = tokens[:, self.model.num_prefix_tokens :].float()
+        return patches.reshape(images.shape[0], gh, gw, -1)
+
+
+class HFExtractor:
+    """Features of a transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT model."""
+
+    def __init__(self, model: torch.nn.Module, feature: str):
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        self.model = model.eval()
+        self.feature = feature
+        config = model.config
+        patch = config.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.num_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        attns = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj"))]
+        if not attns:
+            raise ValueError(f"{type(model).__name__}: no attention module with q_proj/k_proj/v_proj found")
+        self.attn = attns[-1]  # modules() is in definition order: the last block's attention
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        gh, gw = _check_input(images, self.patch_size)
+        images = images.to(self.device)
+        captured: dict[str, torch.Tensor] = {}
+        hook = None
+        if self.feature != "patch":
+
+            def grab(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+                captured["t"] = output
+
+            hook = getattr(self.attn, f"{self.feature}_proj").register_forward_hook(grab)
+        try:
+            with _autocast(self.device):
+                out = self.model(pixel_values=images)
+        finally:
+            if hook is not None:
+                hook.remove()
+        tokens = out.last_hidden_state if self.feature == "patch" else captured["t"]
+        patches = tokens[:, self.num_prefix :].float()
+        return patches.reshape(images.shape[0], gh, gw, -1)
+
+
+@dataclass(frozen=True)
+class ColourTextureExtractor:
+    """Deterministic, weight-free patch features from colour and texture statistics.
+
+    For the synthetic demo and tests where no trained ViT exists (it is not a substitute for one on real
+    images). Per patch: chroma-weighted soft hue histogram (``hue_bins`` bins), fractions of very dark and very
+    bright pixels, luminance contrast, and a constant ``bias`` component, so that plain low-saturation regions
+    point in one common direction and saturated or strongly textured regions point away from it. Each patch's
+    statistics are averaged with its 3 x 3 neighbourhood's (``context``) to make textures coherent. Input is
+    the ImageNet-normalised batch from :func:`preprocess`.
+    """
+
+    patch_size: int = 8
+    hue_bins: int = 24
+    hue_sigma_deg: float = 10.0
+    bias: float = 0.15
+    dark: float = 35 / 255
+    bright: float = 225 / 255
+    contrast_scale: float = 4.0
+    context: float = 0.5
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        gh, gw = _check_input(images, self.patch_size)
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        rgb = (images.float() * std + mean).clamp(0, 1)
+        r, g, b = rgb.unbind(1)
+        mx, mn = rgb.amax(1), rgb.amin(1)
+        chroma = mx - mn
+        hue = torch.atan2(math.sqrt(3.0) * (g - b), 2 * r - g - b)  # radians, opponent-colour hue angle
+        centres = torch.arange(self.hue_bins, device=images.device) * (2 * math.pi / self.hue_bins)
+        delta = torch.remainder(hue.unsqueeze(1) - centres.view(1, -1, 1, 1) + math.pi, 2 * math.pi) - math.pi
+        soft = torch.exp(-0.5 * (delta / math.radians(self.hue_sigma_deg)) ** 2)
+        soft = soft / soft.norm(dim=1, keepdim=True)
+        lum = 0.299 * r + 0.587 * g + 0.114 * b
+        extreme = ((lum < self.dark) | (lum > self.bright)).float()
+        maps = torch.cat([chroma.unsqueeze(1) * soft, extreme.unsqueeze(1)], dim=1)
+        p = self.patch_size
+        pooled = F.avg_pool2d(maps, p)
+        contrast = (F.avg_pool2d(lum.unsqueeze(1) ** 2, p) - F.avg_pool2d(lum.unsqueeze(1), p) ** 2).clamp_min(0)
+        stats = torch.cat([pooled, self.contrast_scale * contrast.sqrt()], dim=1)
+        smooth = F.avg_pool2d(stats, 3, stride=1, padding=1, count_include_pad=False)
+        stats = (1 - self.context) * stats + self.context * smooth
+        feats = torch.cat([stats, torch.full_like(stats[:, :1], self.bias)], dim=1)
+        return feats.permute(0, 2, 3, 1).reshape(images.shape[0], gh, gw, -1).contiguous()
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def load_backbone(
+    backbone: str,
+    feature: str,
+    *,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    model_kwargs: dict | None = None,
+) -> Extractor:
+    """Load a feature extractor.
+
+    ``backbone``: ``"colour-texture"``; ``"hf:<hub id or folder>"`` or a ``save_pretrained`` folder for
+    transformers models; otherwise a timm model name (e.g. ``vit_base_patch8_224.dino``). ``weights``: a
+    local safetensors file for a timm model (or a folder for transformers); without it, pretrained weights
+    are fetched from the Hub (online). ``model_kwargs`` override the timm architecture (tests build tiny
+    models this way).
+    """
+    if backbone == COLOUR_TEXTURE:
+        return ColourTextureExtractor()
+    device = torch.device(device)
+    folder = Path(backbone[3:] if backbone.startswith("hf:") else backbone)
+    if backbone.startswith("hf:") or _is_hf_folder(folder):
+        from transformers import AutoModel
+
+        source = str(weights) if weights is not None else str(folder)
+        model = AutoModel.from_pretrained(source, use_safetensors=True)
+        return HFExtractor(model.to(device), feature)
+    import timm
+
+    kwargs = {"num_classes": 0, "dynamic_img_size": True, **(model_kwargs or {})}
+    if weights is not None:
+        path = Path(weights)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ValueError(f"weights must be an existing .safetensors file, got {path}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        model = timm.create_model(backbone, pretrained=True, **kwargs)
+    except RuntimeError as err:
+        raise ValueError(f"could not load timm model {backbone!r} (weights={weights}): {err}") from err
+    return TimmExtractor(model.to(device), feature)
