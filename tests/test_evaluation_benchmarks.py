@@ -142,8 +142,12 @@ def test_label_file_errors_name_the_file(tmp_path):
         load_benchmark("real", wrong)
     ilsvrc_ids = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
     ilsvrc_ids.write_text("490\n361\n")
-    with pytest.raises(BenchmarkFileError, match="ILSVRC ids"):
+    with pytest.raises(BenchmarkFileError, match=r"ILSVRC2012_validation_ground_truth\.txt.*meta\.mat"):
         load_benchmark("imagenet-val", ilsvrc_ids)
+    short = tmp_path / "val.json"
+    short.write_text("[1, 2, 3]")
+    with pytest.raises(BenchmarkFileError, match=r"val\.json: no label for 49997 of the 50000 val images"):
+        load_benchmark("imagenet-val", short)
     with pytest.raises(BenchmarkFileError, match="needs its label file"):
         load_benchmark("inv2-ml")
     with pytest.raises(KeyError, match="unknown benchmark 'coco'"):

@@ -94,7 +94,8 @@ REGISTRY: dict[str, BenchmarkInfo] = {
             "50,000",
             "ILSVRC2012 devkit; derived list in github.com/modestyachts/ImageNetV2 (MIT)",
             "ImageNet terms of access",
-            "JSON list of 50,000 class indices, or text file of 50,000 wnids (TFDS layout)",
+            "50,000 wnids one per line (TFDS), JSON list of class indices, Kaggle LOC_val_solution.csv, or "
+            "the devkit's ground truth with meta.mat beside it",
             None,
         ),
         BenchmarkInfo(
@@ -220,25 +221,19 @@ def _expect(ok: bool, path: Path, problem: str) -> None:
 
 
 def read_val_labels(path: str | Path) -> np.ndarray:
-    """Original labels of the 50,000 val images: a JSON list of class indices or a text file of wnids."""
+    """Original labels of the 50,000 val images, in val order, from any format
+    :func:`multilabel_imagenet.images.read_val_labels` reads (TFDS wnid list, JSON, Kaggle CSV, devkit)."""
+    from multilabel_imagenet import images
+
     path = Path(path)
-    if path.suffix.lower() == ".json":
-        data = _read_json(path)
-        _expect(isinstance(data, list), path, "expected a JSON list of 50,000 class indices")
-        values: list[object] = list(data)  # type: ignore[arg-type]
-    else:
-        try:
-            values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except FileNotFoundError:
-            raise BenchmarkFileError(f"{path}: file not found") from None
-        _expect(
-            all(v.startswith("n") for v in values[:10]),
-            path,
-            f"expected one wnid per line (e.g. n01751748), got {values[:3]}; the devkit's "
-            "ILSVRC2012_validation_ground_truth.txt uses ILSVRC ids, not class indices: convert it to wnids",
-        )
-    _expect(len(values) == NUM_VAL_IMAGES, path, f"expected {NUM_VAL_IMAGES} labels, found {len(values)}")
-    return np.array([_class_index(v, path, f"entry {i}") for i, v in enumerate(values)], dtype=np.int64)
+    try:
+        by_image = images.read_val_labels(path)
+    except (images.SourceError, ValueError, KeyError, IndexError) as err:
+        message = str(err.args[0]) if isinstance(err, KeyError) else str(err)
+        raise BenchmarkFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    missing = [val_name(i) for i in range(NUM_VAL_IMAGES) if image_key(val_name(i)) not in by_image]
+    _expect(not missing, path, f"no label for {len(missing)} of the {NUM_VAL_IMAGES} val images, e.g. {missing[:3]}")
+    return np.array([by_image[image_key(val_name(i))] for i in range(NUM_VAL_IMAGES)], dtype=np.int64)
 
 
 def _originals(image_ids: Iterable[str], val_labels: np.ndarray | None) -> np.ndarray | None:
