@@ -129,6 +129,9 @@ def test_imagenet_multilabel_is_per_class_averaged_and_imagenet_m_counts(tmp_pat
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "p.npy"), "-b", "imagenet-multilabel",
                                        "--labels", str(shankar)])  # fmt: skip
     assert result.exit_code != 0 and "needs the original val labels" in result.output
+    assert run("benchmarks", "images", "imagenet-multilabel", "--labels", shankar).output.splitlines() == [
+        val_name(i) for i in range(5)
+    ]
 
 
 def test_benchmarks_list_and_images(tmp_path):

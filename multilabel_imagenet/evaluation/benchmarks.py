@@ -404,14 +404,13 @@ def _accepted(annots: dict[str, dict], ids: Iterable[str], path: Path) -> list[l
     ]
 
 
-def load_imagenet_multilabel(path: str | Path, val_labels: np.ndarray | None) -> Benchmark:
-    """Shankar et al. multi-labels (TFDS ``imagenet2012_multilabel``): 20,000 val images, problematic skipped."""
+def load_imagenet_multilabel(path: str | Path, val_labels: np.ndarray | None = None) -> Benchmark:
+    """Shankar et al. multi-labels (TFDS ``imagenet2012_multilabel``): 20,000 val images, problematic skipped.
+
+    Scoring averages accuracy per original class, so it needs ``val_labels``; without them the benchmark still
+    gives its image order.
+    """
     path = Path(path)
-    if val_labels is None:
-        raise BenchmarkFileError(
-            f"{path}: imagenet-multilabel averages accuracy per original class, so it needs the original val "
-            "labels: pass the imagenet-val label file too"
-        )
     annots, problematic, _ = _read_shankar(path)
     ids = tuple(sorted(annots, key=val_number))
     return Benchmark(

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from multilabel_imagenet.evaluation import metrics
-from multilabel_imagenet.evaluation.benchmarks import Benchmark, load_benchmark
+from multilabel_imagenet.evaluation.benchmarks import Benchmark, BenchmarkFileError, load_benchmark
 from multilabel_imagenet.evaluation.predictions import check_ranked, check_scores
 
 Result = dict[str, Any]
@@ -80,7 +80,11 @@ def _multilabel(
         correct = np.take_along_axis(targets[bench.evaluated], ranked[bench.evaluated, :1], axis=1)[:, 0]
         out["n_images"] = int(bench.evaluated.sum())
         if bench.recipe == "class-averaged":
-            assert bench.original is not None
+            if bench.original is None:
+                raise BenchmarkFileError(
+                    f"{bench.name} averages accuracy per original class, so it needs the original val labels: "
+                    "load it with the imagenet-val label file (--labels imagenet-val=FILE)"
+                )
             out["multilabel_top1_class_avg"] = _pct(
                 metrics.per_class_averaged_accuracy(correct, bench.original[bench.evaluated])
             )
