@@ -1,4 +1,4 @@
-"""Metrics as pure functions over numpy arrays; every function returns a fraction in [0, 1].
+"""Metrics as pure functions over numpy arrays; metric values are fractions in [0, 1] (not percent).
 
 Conventions shared by all functions:
 
