@@ -39,6 +39,7 @@ def test_layout(folder):
         "data/labels/validation-00000-of-00001.parquet",
         "data/proposals/train-00000-of-00001.parquet",
         "data/proposals/validation-00000-of-00001.parquet",
+        "loading_script/multilabel_imagenet.py",
         "metadata/build.json",
         "metadata/label_counts.png",
     ]

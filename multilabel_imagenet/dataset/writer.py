@@ -3,6 +3,7 @@
 Layout (a folder = a Hub dataset repo)::
 
     README.md                                         dataset card (see :mod:`.card`)
+    loading_script/multilabel_imagenet.py             classic script for datasets < 4 (never at the root)
     data/<config>/<split>-XXXXX-of-YYYYY.parquet      shards of the ``labels`` and ``proposals`` configs
     metadata/build.json                               version, fingerprints, parameters, models, statistics
 
@@ -32,6 +33,8 @@ from multilabel_imagenet import __version__, classes
 from multilabel_imagenet.dataset import schema
 
 BUILD_JSON = "metadata/build.json"
+LOADING_SCRIPT = "loading_script/multilabel_imagenet.py"
+_SCRIPT_SOURCE = Path(__file__).resolve().parents[2] / LOADING_SCRIPT
 FORMAT_VERSION = 1
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _BATCH_ROWS = 8192
@@ -302,7 +305,7 @@ def write_dataset(
     proposals: Mapping[str, Iterable[schema.ImageProposals]] | None = None,
     policy: ShardPolicy = ShardPolicy(),
 ) -> Path:
-    """Write the given configs, then build.json and the dataset card; return ``folder``."""
+    """Write the given configs, then build.json, the dataset card and the classic loading script; return ``folder``."""
     from multilabel_imagenet.dataset import card
 
     if labels is None and proposals is None:
@@ -311,4 +314,7 @@ def write_dataset(
         if records is not None:
             write_config(folder, config, records, build, policy)
     card.write_card(folder)
+    script = Path(folder) / LOADING_SCRIPT
+    script.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_SCRIPT_SOURCE, script)
     return Path(folder)
