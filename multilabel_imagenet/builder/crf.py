@@ -42,7 +42,7 @@ def dense_crf(image: np.ndarray, mask: np.ndarray, params: CRFParams | None = No
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.require(image, requirements=["C", "W"]),  # pydensecrf needs a writable buffer
         compat=params.bilateral_compat,
     )
     q = np.asarray(crf.inference(params.iterations)).reshape(2, h, w)
