@@ -111,7 +111,9 @@ def test_resume_gives_the_same_head_as_an_uninterrupted_run(tmp_path):
     labeler.fit = interrupted_fit
     try:
         with pytest.raises(KeyboardInterrupt):
-            labeler.train_from_cache(cache, config, num_classes=5, checkpoint=ckpt, progress=False)
+            labeler.train_from_cache(
+                cache, config, num_classes=5, checkpoint=ckpt, progress=False, checkpoint_seconds=0
+            )
     finally:
         labeler.fit = original_fit
     assert labeler.load_checkpoint(ckpt)[2] == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -262,10 +263,13 @@ def fit(
     log: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    checkpoint_seconds: float = 60.0,
 ) -> LabelerHead:
     """The training loop shared by cached and online training: ``epoch_batches(epoch)`` yields
-    ``(pooled features [B, d], labels [B])``. Saves ``checkpoint`` after every epoch; ``resume`` continues
-    from it (weights, momentum, epoch). Appends one JSON line per epoch (loss, accuracy, lr) to ``log``."""
+    ``(pooled features [B, d], labels [B])``. Saves ``checkpoint`` at the end of an epoch once
+    ``checkpoint_seconds`` have passed since the last save, and after the last epoch; ``resume`` continues from
+    it (weights, momentum, epoch) and gives the same head as an uninterrupted run, since every epoch's
+    randomness is seeded by its number. Appends one JSON line per epoch (loss, accuracy, lr) to ``log``."""
     head.to(device)
     optimizer = make_optimizer(head, config)
     start = 0
@@ -276,6 +280,7 @@ def fit(
         head.load_state_dict(saved.state_dict())
         _restore_optimizer(optimizer, head, optim)
     lr = learning_rate(config, start * steps_per_epoch, steps_per_epoch)
+    saved_at = time.monotonic()
     bar = tqdm(total=config.epochs, initial=start, unit="epoch", desc="train labeler", disable=not progress)
     for epoch in range(start, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws: the same epoch gives the same steps
@@ -301,8 +306,10 @@ def fit(
         if log is not None:
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(stats) + "\n")
-        if checkpoint is not None:
+        last = epoch + 1 == config.epochs
+        if checkpoint is not None and (last or time.monotonic() - saved_at >= checkpoint_seconds):
             save_checkpoint(checkpoint, head, config, optimizer, epoch + 1)
+            saved_at = time.monotonic()
     bar.close()
     return head.eval()
 
