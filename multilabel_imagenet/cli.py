@@ -81,6 +81,150 @@ def synthetic_command(output: Path, num_train: int, num_val: int, seed: int, map
     click.echo(f"  ReLabel maps: {output / 'relabel_maps'}; ground truth: {output / 'ground_truth'}")
 
 
+# --- build: the whole pipeline and each stage (library: multilabel_imagenet.builder.pipeline) ---
+
+
+def _build_options(command):
+    """The options every `build` command shares."""
+    options = [
+        click.option(
+            "--images",
+            type=click.Path(exists=True, path_type=Path),
+            help="ImageNet split folder (or list file). Omitted: the synthetic demo.",
+        ),
+        click.option("--split", type=click.Choice(["train", "validation"]), default="train", show_default=True),
+        click.option("--layout", type=click.Choice(images.LAYOUTS), default="auto", show_default=True),
+        click.option(
+            "--labels", type=click.Path(exists=True, path_type=Path), help="Ground truth of a flat val folder."
+        ),
+        click.option(
+            "--relabel-maps",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="ReLabel maps folder (<wnid>/<image>.pt), for select on the train split.",
+        ),
+        click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder to write."),
+        click.option(
+            "--work-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Resumable work directory [default: <output>-work].",
+        ),
+        click.option("--preset", type=click.Choice(["paper", "synthetic"]), default="paper", show_default=True),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="YAML/JSON build configuration (see `build config`); overrides --preset.",
+        ),
+        click.option(
+            "--labeler-checkpoint",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Reuse a trained labeler (skips select and train-labeler).",
+        ),
+        click.option("--shard", help="I/N: process every N-th shard from I (SLURM arrays); package merges them."),
+        click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True),
+        click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _make_build(opts: dict):
+    from multilabel_imagenet.builder import pipeline
+
+    if opts["images"] is None or opts["output"] is None:
+        raise click.UsageError("--images and --output are needed (run `multilabel-imagenet build` alone for the demo)")
+    config = (
+        pipeline.BuildConfig.load(opts["config_file"])
+        if opts["config_file"]
+        else pipeline.BuildConfig.preset(opts["preset"])
+    )
+    work_dir = opts["work_dir"] or opts["output"].with_name(opts["output"].name + "-work")
+    inputs = pipeline.BuildInputs(
+        images=opts["images"],
+        split=opts["split"],
+        output=opts["output"],
+        work_dir=work_dir,
+        relabel_maps=opts["relabel_maps"],
+        layout=opts["layout"],
+        labels=opts["labels"],
+        labeler_checkpoint=opts["labeler_checkpoint"],
+        device=opts["device"],
+    )
+    return pipeline.Build(inputs, config, shard=opts["shard"], progress=not opts["quiet"])
+
+
+def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
+    try:
+        build = _make_build(opts)
+        if opts["runner"] == "ray":
+            from multilabel_imagenet.builder import ray_runner
+
+            ray_runner.run(build, stages)
+        else:
+            build.run(stages)
+    except (ValueError, FileNotFoundError, images.SourceError) as err:
+        raise click.ClickException(str(err)) from None
+    if "package" in stages:
+        _print_load_hint(build.inputs.output)
+    elif stages:
+        click.echo(f"{', '.join(stages)}: complete for the shards of this worker; work dir {build.inputs.work_dir}")
+
+
+def _print_load_hint(folder: Path) -> None:
+    folder = folder.resolve()
+    click.echo(f"dataset written to {folder}")
+    click.echo("load it with:")
+    click.echo(f'  from datasets import load_dataset; ds = load_dataset("{folder}", "labels")')
+    click.echo(f'  import multilabel_imagenet; ds = multilabel_imagenet.load("{folder}")')
+
+
+@main.group("build", invoke_without_command=True)
+@_build_options
+@click.pass_context
+def build_group(ctx: click.Context, **opts) -> None:
+    """Build the multi-label dataset: discover -> select -> train-labeler -> label -> package.
+
+    With no --images, runs the whole build on bundled synthetic scenes on CPU (a few minutes) and prints where
+    the dataset is. Each stage also runs alone: `multilabel-imagenet build STAGE ...`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if opts["images"] is None:
+        from multilabel_imagenet.builder import pipeline
+
+        root = opts["output"] or Path("multilabel-imagenet-demo")
+        folder = pipeline.build_synthetic_demo(root, device=opts["device"], progress=not opts["quiet"])
+        _print_load_hint(folder)
+        return
+    _run_stages(opts, ("discover", "select", "train-labeler", "label", "package"))
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    @build_group.command(name, help=help_text)
+    @_build_options
+    def command(**opts) -> None:
+        _run_stages(opts, (name,))
+
+
+_stage_command("discover", "MaskCut proposals for every image and configuration, merged and deduplicated.")
+_stage_command("select", "Score proposals on ReLabel maps; confident ones become labeler training samples.")
+_stage_command("train-labeler", "Pool the selected samples' features and train the region labeler (resumable).")
+_stage_command("label", "The labeler's top-k classes for every proposal and the whole image.")
+_stage_command("package", "Aggregate all built splits of the work directory into the dataset folder.")
+
+
+@build_group.command("config")
+@click.option("--preset", type=click.Choice(["paper", "synthetic"]), default="paper", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def build_config_command(preset: str, fmt: str) -> None:
+    """Print a full build configuration with the preset's defaults (edit it and pass it with --config)."""
+    from multilabel_imagenet.builder import pipeline
+
+    click.echo(pipeline.BuildConfig.preset(preset).dumps(fmt), nl=False)
+
+
 # --- evaluation: `evaluate` and the `benchmarks` group (library: multilabel_imagenet.evaluation) ---
 
 
@@ -281,3 +425,34 @@ def import_cutler_command(file: Path, output: Path, version: str, source: str | 
     click.echo(f"wrote {len(result.records)} images, {masks} masks to {output}/data/proposals")
     if result.swapped_sizes:
         click.echo(f"  {result.swapped_sizes} images had width/height swapped in the file; used the masks' size")
+
+
+@main.command("publish")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Hub dataset repo ORG/NAME (created if needed).")
+@click.option("--version", "version", required=True, help="X.Y.Z; must equal the folder's build.json version.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded and deleted; change nothing.")
+def publish_command(folder: Path, repo_id: str, version: str, private: bool, dry_run: bool) -> None:
+    """Upload dataset FOLDER to the Hub in several commits, then tag the last one vX.Y.Z (never overwritten)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from multilabel_imagenet.dataset import hub
+
+    try:
+        result = hub.publish(folder, repo_id, version, private=private, dry_run=dry_run)
+    except (ValueError, hub.PublishError, HfHubHTTPError) as err:
+        raise click.ClickException(str(err)) from None
+    plan = result.plan
+    if not plan.repo_exists:
+        click.echo(f"{repo_id} does not exist yet; {'it would be' if dry_run else 'it was'} created")
+    for path in plan.upload:
+        click.echo(f"+ {path}")
+    for path in plan.delete:
+        click.echo(f"- {path}")
+    commits = len(plan.batches) + (1 if plan.final or plan.delete or not plan.batches else 0)
+    click.echo(f"{len(plan.upload)} to upload, {len(plan.delete)} to delete, {len(plan.unchanged)} unchanged")
+    if dry_run:
+        click.echo(f"dry run: {commits} commit(s) and tag {plan.tag} would follow")
+        return
+    click.echo(f"{len(result.commits)} commit(s); tagged {plan.tag} on {result.tagged_commit}")

@@ -1,0 +1,530 @@
+"""The build: discover -> select -> train-labeler -> label -> package (DESIGN.md "Build stages").
+
+Every stage reads and writes the work directory (:mod:`shards`), one file per shard of images, so each can run
+on its own, be resumed after a kill, or be split over independent processes (``--shard I/N``) or a Ray
+cluster. Images that cannot be decoded, missing ReLabel maps and images without proposals are recorded in the
+shard files with their reason, collected into ``errors.jsonl``, and counted; a run never stops for them.
+
+Configuration is one :class:`BuildConfig` (YAML or JSON file); ``BuildConfig.preset("paper")`` holds the
+paper's defaults and ``"synthetic"`` the weight-free demo on the bundled synthetic scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from multilabel_imagenet import images
+from multilabel_imagenet.builder import aggregate, backbones, configs, labeler, maskcut, proposals, relabel_maps, shards
+from multilabel_imagenet.builder.labeler import LabelerConfig
+from multilabel_imagenet.dataset import schema, writer
+
+SPLITS = ("train", "validation")
+STAGES = ("discover", "select", "train-labeler", "label", "package")
+CHECKPOINT = "labeler/head.safetensors"
+
+
+@dataclass
+class BuildConfig:
+    """Every parameter of a build. Defaults are the paper's (``preset="paper"``)."""
+
+    version: str = "1.0.0"
+    maskcut_preset: str = "paper"  # the four configurations of Supp. A.2
+    maskcut: list[dict] = field(default_factory=list)  # explicit configurations; replace the preset when given
+    solver: str = "fast"  # normalised cut: "exact" (published, float64) or "fast" (batched torch)
+    dedup_iou: float = configs.DEFAULT_DEDUP_IOU  # our choice, see configs.DEFAULT_DEDUP_IOU
+    tau_sel: float = relabel_maps.TAU_SELECT  # Supp. B.1
+    select_mode: str = "paper"  # or "authors" (REFERENCE.md section 2)
+    add_full_image: bool = False  # authors' variant only
+    resample: str = "bilinear"  # how ReLabel maps meet masks (relabel_maps)
+    labeler: dict = field(default_factory=lambda: asdict(LabelerConfig()))
+    tau: float = aggregate.DEFAULT_TAU  # the `labels` column: Local-Hard at 0.5 (Table 5)
+    shard_size: int = 1000  # images per shard file
+    batch_size: int = 32  # images per backbone forward
+    num_workers: int = 4  # decoding processes
+    seed: int = 0
+    weights: dict = field(default_factory=dict)  # backbone name -> local weights (safetensors file or folder)
+
+    @classmethod
+    def preset(cls, name: str) -> BuildConfig:
+        if name == "paper":
+            return cls()
+        if name == "synthetic":
+            # Few samples: more epochs than the paper's schedule would give them; otherwise the paper's settings.
+            demo_labeler = LabelerConfig(backbone="colour-texture", input_size=256, epochs=200, batch_size=32)
+            return cls(
+                maskcut_preset="synthetic", labeler=asdict(demo_labeler), shard_size=32, batch_size=16, num_workers=0
+            )
+        raise ValueError(f"unknown build preset {name!r}; known: paper, synthetic")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BuildConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown build settings {sorted(unknown)}; known: {sorted(known)}")
+        config = cls(**data)
+        config.labeler_config()  # validate the nested settings now
+        config.maskcut_configs()
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> BuildConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: cannot read the build configuration: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a build configuration is a mapping of settings")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    def dumps(self, fmt: str = "yaml") -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(data, sort_keys=False)
+
+    def maskcut_configs(self) -> tuple[configs.MaskCutConfig, ...]:
+        if self.maskcut:
+            return tuple(configs.MaskCutConfig(**c) for c in self.maskcut)
+        return configs.preset(self.maskcut_preset)
+
+    def labeler_config(self) -> LabelerConfig:
+        return LabelerConfig.from_dict(self.labeler)
+
+
+@dataclass
+class BuildInputs:
+    """Where things are: the images of one split, ReLabel maps (train), the work directory and the output."""
+
+    images: Path
+    split: str
+    output: Path
+    work_dir: Path
+    relabel_maps: Path | None = None
+    layout: str = "auto"
+    labels: Path | None = None  # ground truth of a flat val folder
+    labeler_checkpoint: Path | None = None  # reuse a trained labeler (a validation build reuses train's)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decodes records in DataLoader workers; a failure becomes an error string, never an exception."""
+
+    def __init__(self, records: Sequence[images.ImageRecord]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, np.asarray(images.decode_image(self.records[i].full_path)), None
+        except images.ImageDecodeError as err:
+            return i, None, err.reason
+
+
+def decoded_batches(records: Sequence[images.ImageRecord], batch_size: int, num_workers: int) -> Iterator[list]:
+    """Lists of ``(index, image or None, error or None)``, decoding in ``num_workers`` processes, in order."""
+    loader = torch.utils.data.DataLoader(
+        _Decoded(records), batch_size=batch_size, num_workers=num_workers, collate_fn=list, shuffle=False
+    )
+    yield from loader
+
+
+class Build:
+    """One split's build in one work directory. Stages are methods; each skips complete shards."""
+
+    def __init__(self, inputs: BuildInputs, config: BuildConfig, shard: str | None = None, progress: bool = True):
+        self.inputs, self.config, self.progress = inputs, config, progress
+        self.worker, self.workers = shards.parse_shard_spec(shard)
+        self.records = images.open_source(inputs.images, inputs.layout, inputs.labels)
+        if not self.records:
+            raise ValueError(f"{inputs.images}: no images")
+        self.shards = shards.split_into_shards(self.records, config.shard_size)
+        self.device = resolve_device(inputs.device)
+        self._extractors: dict = {}
+        self._check_work_dir()
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _check_work_dir(self) -> None:
+        """Refuse to mix shards of different configurations or image lists in one work directory."""
+        stamp = {
+            "config": asdict(self.config),
+            "images": len(self.records),
+            "first": self.records[0].path,
+            "last": self.records[-1].path,
+        }
+        path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved != stamp:
+                raise ValueError(
+                    f"{path}: the work directory holds a build with other settings or images; use a new "
+                    f"--work-dir, or delete it to start over"
+                )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
+
+    def stage(self, name: str) -> shards.StageDir:
+        return shards.StageDir(self.inputs.work_dir, name, self.inputs.split, len(self.shards))
+
+    def _todo(self, stage: shards.StageDir) -> list[int]:
+        return [i for i in shards.mine(len(self.shards), self.worker, self.workers) if not stage.is_complete(i)]
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="img", disable=not self.progress, dynamic_ncols=True)
+
+    def _extractor(self, backbone: str, feature: str) -> backbones.Extractor:
+        key = (backbone, feature)
+        if key not in self._extractors:
+            weights = self.config.weights.get(backbone)
+            self._extractors[key] = backbones.load_backbone(backbone, feature, weights=weights, device=self.device)
+        return self._extractors[key]
+
+    def _features(self, batch_images: list[np.ndarray], backbone: str, feature: str, size: int):
+        """Resized uint8 images and features [B, h, w, d] of one backbone at one input size."""
+        x, resized = backbones.preprocess(batch_images, size)
+        return resized, self._extractor(backbone, feature)(x.to(self.device)).float().cpu()
+
+    def _discover_batch(self, batch_images: list[np.ndarray], config: configs.MaskCutConfig, solver) -> list[list]:
+        """One MaskCut configuration on a batch: proposals per image (REFERENCE.md section 1 steps 1-10)."""
+        resized, feats = self._features(batch_images, config.backbone, config.feature, config.input_size)
+        patch_masks = maskcut.maskcut_patches(feats, tuple(feats.shape[1:3]), config.tau, config.n, solver)
+        return [
+            maskcut.proposals_from_patches(r, m, img.shape[:2], config)
+            for r, m, img in zip(resized, patch_masks, batch_images, strict=True)
+        ]
+
+    # ------------------------------------------------------------ stages
+
+    def discover(self) -> None:
+        """MaskCut with every configuration on every image; merged, deduplicated proposals per image."""
+        out = self.stage("discover")
+        todo = self._todo(out)
+        cfgs = self.config.maskcut_configs()
+        solver = {"exact": maskcut.ncut.ncut_exact, "fast": maskcut.ncut.ncut_fast}[self.config.solver]
+        with self._bar(sum(len(self.shards[i]) for i in todo), "discover") as bar:
+            for i in todo:
+                records = self.shards[i]
+                rows: list[dict | None] = [None] * len(records)
+                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
+                    ok = [(j, img) for j, img, err in batch if err is None]
+                    for j, _, err in batch:
+                        if err is not None:
+                            rows[j] = _base_row(records[j]) | {"error": f"decode: {err}"}
+                    batch_images = [img for _, img in ok]
+                    per_config = [self._discover_batch(batch_images, c, solver) for c in cfgs] if ok else []
+                    for k, (j, img) in enumerate(ok):
+                        merged = proposals.merge([found[k] for found in per_config], self.config.dedup_iou)
+                        row = _base_row(records[j]) | {"width": img.shape[1], "height": img.shape[0]}
+                        row["proposals"] = [p.to_dict() for p in merged]
+                        rows[j] = row
+                    bar.update(len(batch))
+                out.write(i, rows)
+
+    def select(self) -> None:
+        """Score each proposal on the image's ReLabel map; confident ones become labeler training samples."""
+        if self.inputs.split != "train":
+            raise ValueError("select runs on the train split (ReLabel maps exist for train images only)")
+        if self.inputs.relabel_maps is None:
+            raise ValueError("select needs --relabel-maps DIR (ReLabel's <wnid>/<image>.pt files)")
+        found, out = self.stage("discover"), self.stage("select")
+        todo = self._todo(out)
+        with self._bar(sum(len(self.shards[i]) for i in todo), "select") as bar:
+            for i in todo:
+                rows_in = found.read(i)
+                items = [(r["image_id"], r["path"], r["label"], _masks(r)) for r in rows_in if "error" not in r]
+                selected = {
+                    image_id: (samples, failure)
+                    for image_id, samples, failure in relabel_maps.iter_selections(
+                        items,
+                        self.inputs.relabel_maps,
+                        self.config.tau_sel,
+                        self.config.select_mode,
+                        self.config.add_full_image,
+                        self.config.resample,
+                    )
+                }
+                rows = []
+                for r in rows_in:
+                    row = {"image_id": r["image_id"]}
+                    if "error" in r:
+                        row["error"] = r["error"]
+                    else:
+                        samples, failure = selected[r["image_id"]]
+                        if failure is not None:
+                            row["error"] = f"relabel map: {failure.reason}"
+                        row["samples"] = [
+                            {
+                                "masks": list(s.mask_indices),
+                                "class": s.class_index,
+                                "prob": None if math.isnan(s.relabel_prob) else s.relabel_prob,
+                            }
+                            for s in samples
+                        ]
+                    rows.append(row)
+                out.write(i, rows)
+                bar.update(len(rows_in))
+
+    def _patch_features(self, batch_images: list[np.ndarray], config: LabelerConfig) -> torch.Tensor:
+        return self._features(batch_images, config.backbone, "patch", config.input_size)[1]
+
+    def train_labeler(self) -> Path:
+        """Pool the selected samples' features (cached per shard), then train the head (resumable)."""
+        if self.inputs.split != "train":
+            raise ValueError("train-labeler runs on the train split; a validation build reuses its checkpoint")
+        lab = self.config.labeler_config()
+        found, chosen = self.stage("discover"), self.stage("select")
+        cache_dir = self.inputs.work_dir / "labeler" / "cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        todo = [i for i in range(len(self.shards)) if not (cache_dir / f"shard-{i:05d}.safetensors").is_file()]
+        with self._bar(sum(len(self.shards[i]) for i in todo), "pool features") as bar:
+            for i in todo:
+                samples_by_id = {r["image_id"]: r.get("samples", []) for r in chosen.read(i)}
+                rows = [r for r in found.read(i) if "error" not in r and samples_by_id.get(r["image_id"])]
+                by_path = {r.path: r for r in self.shards[i]}
+                items = []
+                records = [by_path[r["path"]] for r in rows]
+                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
+                    feats = self._patch_features([img for _, img, _ in batch], lab)
+                    for (j, _, _), f in zip(batch, feats, strict=True):
+                        samples = [(s["masks"], s["class"]) for s in samples_by_id[rows[j]["image_id"]]]
+                        items.append((f.cpu(), torch.from_numpy(_masks(rows[j])), samples))
+                    bar.update(len(batch))
+                if items:
+                    labeler.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(
+                        cache_dir / f"shard-{i:05d}.safetensors.tmp"
+                    )
+                    (cache_dir / f"shard-{i:05d}.safetensors.tmp").replace(cache_dir / f"shard-{i:05d}.safetensors")
+                else:  # an empty file marks a shard without samples as done
+                    (cache_dir / f"shard-{i:05d}.safetensors").write_bytes(b"")
+        parts = [
+            labeler.FeatureCache.load(p) for p in sorted(cache_dir.glob("shard-*.safetensors")) if p.stat().st_size > 0
+        ]
+        if not parts:
+            raise ValueError("no labeler training samples were selected in any shard")
+        cache = labeler.FeatureCache(torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts]))
+        checkpoint = self.inputs.work_dir / CHECKPOINT
+        labeler.train_from_cache(
+            cache,
+            lab,
+            checkpoint=checkpoint,
+            resume=True,
+            log=self.inputs.work_dir / "labeler" / "train_log.jsonl",
+            device=self.device,
+            progress=self.progress,
+        )
+        return checkpoint
+
+    def checkpoint(self) -> Path:
+        path = self.inputs.labeler_checkpoint or self.inputs.work_dir / CHECKPOINT
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no labeler checkpoint; run train-labeler on the train split first or pass "
+                f"--labeler-checkpoint"
+            )
+        return Path(path)
+
+    def label(self) -> None:
+        """The labeler's top-k classes for every proposal, and its whole-image prediction."""
+        head, lab, _, _ = labeler.load_checkpoint(self.checkpoint())
+        head.to(self.device)
+        found, out = self.stage("discover"), self.stage("label")
+        todo = self._todo(out)
+        with self._bar(sum(len(self.shards[i]) for i in todo), "label") as bar:
+            for i in todo:
+                rows_in = found.read(i)
+                rows: list[dict] = [{"image_id": r["image_id"]} for r in rows_in]
+                ok = [j for j, r in enumerate(rows_in) if "error" not in r]
+                records = [self.shards[i][j] for j in ok]
+                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
+                    feats = self._patch_features([img for _, img, _ in batch], lab)
+                    for (k, _, _), f in zip(batch, feats, strict=True):
+                        j = ok[k]
+                        result = labeler.label_image(head, f, _masks(rows_in[j]), lab)
+                        rows[j] |= {
+                            "mask_classes": result.mask_classes.tolist(),
+                            "mask_scores": _round(result.mask_scores).tolist(),
+                            "global_classes": result.global_classes.tolist(),
+                            "global_scores": _round(result.global_scores).tolist(),
+                        }
+                    bar.update(len(batch))
+                bar.update(len(rows_in) - len(ok))
+                out.write(i, rows)
+
+    def package(self) -> Path:
+        """Aggregate every split built in this work directory into the dataset folder."""
+        return package(self.inputs.work_dir, self.inputs.output, self.config)
+
+    def run(self, stages: Sequence[str] = STAGES) -> None:
+        """Run ``stages`` in order (select and train-labeler only on train, and only without a checkpoint)."""
+        for name in stages:
+            if name in ("select", "train-labeler") and (
+                self.inputs.split != "train" or self.inputs.labeler_checkpoint is not None
+            ):
+                continue
+            start = time.perf_counter()
+            getattr(self, name.replace("-", "_"))()
+            if self.progress:
+                tqdm.write(f"{name}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _base_row(record: images.ImageRecord) -> dict:
+    return {"image_id": record.image_id, "path": record.path, "label": record.label}
+
+
+def _masks(row: dict) -> np.ndarray:
+    """The proposals of a discover row as bool [M, H, W]."""
+    decoded = [
+        proposals.Proposal(tuple(p["size"]), p["counts"], tuple(p["bbox"]), p["area"], p["source"]).decode()
+        for p in row["proposals"]
+    ]
+    return np.stack(decoded) if decoded else np.zeros((0, row["height"], row["width"]), dtype=bool)
+
+
+def _round(scores: np.ndarray) -> np.ndarray:
+    """Scores stored with 6 significant decimals: stable bytes across runs and platforms."""
+    return np.round(scores.astype(np.float64), 6)
+
+
+def _split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) -> shards.StageDir:
+    stamp = json.loads((work_dir / f"build-{split}.json").read_text(encoding="utf-8"))
+    return shards.StageDir(work_dir, stage, split, math.ceil(stamp["images"] / config.shard_size))
+
+
+def _split_records(work_dir: Path, split: str, config: BuildConfig):
+    """The labels and proposals records of one built split, and its errors."""
+    label_rows = {r["image_id"]: r for r in _split_stage(work_dir, "label", split, config).read_all()}
+    labels_out, proposals_out, errors = [], [], []
+    for r in _split_stage(work_dir, "discover", split, config).read_all():
+        if "error" in r:
+            errors.append({"split": split, "image_id": r["image_id"], "path": r["path"], "reason": r["error"]})
+            continue
+        if not r["proposals"]:
+            errors.append({"split": split, "image_id": r["image_id"], "path": r["path"], "reason": "no proposal"})
+        lab = label_rows[r["image_id"]]
+        soft_classes, soft_scores = aggregate.max_over_masks(lab["mask_classes"], lab["mask_scores"])
+        labels_out.append(
+            schema.ImageLabels(
+                image_id=r["image_id"],
+                path=r["path"],
+                label=r["label"],
+                width=r["width"],
+                height=r["height"],
+                soft_classes=tuple(int(c) for c in soft_classes),
+                soft_scores=tuple(float(s) for s in soft_scores),
+                global_classes=tuple(lab["global_classes"]),
+                global_scores=tuple(lab["global_scores"]),
+                num_proposals=len(r["proposals"]),
+            )
+        )
+        masks = tuple(
+            schema.Proposal(
+                size=tuple(p["size"]),
+                counts=p["counts"],
+                bbox=tuple(p["bbox"]),
+                area=p["area"],
+                source=p["source"],
+                classes=tuple(c),
+                scores=tuple(s),
+            )
+            for p, c, s in zip(r["proposals"], lab["mask_classes"], lab["mask_scores"], strict=True)
+        )
+        proposals_out.append(schema.ImageProposals(r["image_id"], r["width"], r["height"], masks))
+    return labels_out, proposals_out, errors
+
+
+def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Path:
+    """Write every split built in ``work_dir`` (discover + label complete) as the dataset folder ``output``,
+    with ``metadata/errors.jsonl`` listing every image left out or without proposals, and why."""
+    work_dir, output = Path(work_dir), Path(output)
+    splits = [s for s in SPLITS if (work_dir / f"build-{s}.json").is_file()]
+    if not splits:
+        raise FileNotFoundError(f"{work_dir}: no build found (run discover and label first)")
+    labels_by_split, proposals_by_split, errors = {}, {}, []
+    for split in splits:
+        labels_by_split[split], proposals_by_split[split], split_errors = _split_records(work_dir, split, config)
+        errors += split_errors
+    inputs = {f"images:{split}": writer.fingerprint([r.path for r in labels_by_split[split]]) for split in splits}
+    checkpoint = work_dir / CHECKPOINT
+    if checkpoint.is_file():
+        inputs["labeler_checkpoint"] = "sha256:" + writer.file_sha256(checkpoint)
+    if (work_dir / "select").is_dir():
+        inputs["relabel_selection"] = writer.fingerprint(
+            list(_split_stage(work_dir, "select", "train", config).read_all())
+        )
+    models = {c.name: c.backbone for c in config.maskcut_configs()} | {"labeler": config.labeler_config().backbone}
+    info = writer.BuildInfo(
+        version=config.version,
+        source="multilabel-imagenet build",
+        inputs=inputs,
+        parameters=asdict(config) | {"errors": len(errors)},
+        models=models,
+    )
+    writer.write_dataset(output, info, labels=labels_by_split, proposals=proposals_by_split)
+    errors_path = output / "metadata" / "errors.jsonl"
+    errors_path.write_text("".join(shards.dumps(e) + "\n" for e in errors), encoding="utf-8")
+    return output
+
+
+def build_synthetic_demo(
+    root: str | Path,
+    num_train: int = 64,
+    num_val: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """The README's first command: synthetic scenes -> the whole build on CPU -> ``<root>/multilabel-imagenet``.
+
+    Writes the scenes to ``<root>/scenes`` (reused if there), works in ``<root>/work`` (resumable), builds the
+    train split (select on the synthetic ReLabel maps, train the labeler) and the validation split (reusing the
+    labeler), and packages both."""
+    from multilabel_imagenet.builder import synthetic
+
+    root = Path(root)
+    scenes = root / "scenes"
+    if not (scenes / "classes.json").is_file():
+        with tqdm(total=num_train + num_val, desc="synthetic scenes", unit="img", disable=not progress) as bar:
+            synthetic.write_mini_imagenet(scenes, num_train, num_val, seed, progress=bar.update)
+    config = BuildConfig.preset("synthetic")
+    output, work = root / "multilabel-imagenet", root / "work"
+    train = BuildInputs(scenes / "train", "train", output, work, relabel_maps=scenes / "relabel_maps", device=device)
+    Build(train, config, progress=progress).run(STAGES[:-1])
+    val = BuildInputs(
+        scenes / "val",
+        "validation",
+        output,
+        work,
+        labels=scenes / "val_labels.txt",
+        labeler_checkpoint=work / CHECKPOINT,
+        device=device,
+    )
+    Build(val, config, progress=progress).run(("discover", "label"))
+    return package(work, output, config)
