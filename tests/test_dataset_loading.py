@@ -67,15 +67,15 @@ def test_damaged_folders_are_named(mini, tmp_path):
     shutil.copytree(mini[1], folder)
     shard = folder / "data/proposals/train-00000-of-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(loading.DatasetFolderError, match=r"train-00000-of-00001.parquet: \d+ bytes but .* records"):
+    with pytest.raises(writer.DatasetFolderError, match=r"train-00000-of-00001.parquet: \d+ bytes but .* records"):
         loading.load(folder, "proposals", "train", cache_dir=tmp_path / "c")
     manifest = writer.read_build_json(folder)
     manifest["configs"]["proposals"]["splits"]["train"]["files"][0]["num_bytes"] = shard.stat().st_size
     (folder / writer.BUILD_JSON).write_text(__import__("json").dumps(manifest))
-    with pytest.raises(loading.DatasetFolderError, match="train-00000-of-00001.parquet: not a complete Parquet file"):
+    with pytest.raises(writer.DatasetFolderError, match="train-00000-of-00001.parquet: not a complete Parquet file"):
         loading.load(folder, "proposals", "train", cache_dir=tmp_path / "c")
     (folder / "README.md").write_text("---\nlicense: other\n---\n")
-    with pytest.raises(loading.DatasetFolderError, match="README.md: the YAML header has no `configs`"):
+    with pytest.raises(writer.DatasetFolderError, match="README.md: the YAML header has no `configs`"):
         loading.load(folder, "labels", "train", cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="unknown config 'masks'"):
         loading.load(mini[1], "masks")

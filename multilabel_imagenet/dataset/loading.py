@@ -1,6 +1,6 @@
 """Loading the published dataset for training: local folder or pinned Hub revision, ImageNet join, targets.
 
-- :func:`load` resolves a local dataset folder (checked first: card with ``configs``, complete Parquet files) or a
+- :func:`load` resolves a local dataset folder (checked first by :func:`.writer.check_folder`) or a
   Hub repo id at a pinned ``revision``, and with ``imagenet_root`` adds an ``image`` column (``datasets.Image``).
 - :class:`TrainingDataset` is a ``torch.utils.data.Dataset`` that yields the (transformed) image and a dense
   1000-d target built by an aggregation scheme name (:mod:`multilabel_imagenet.builder.aggregate`), or, with
@@ -20,20 +20,15 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from multilabel_imagenet import images
 from multilabel_imagenet.builder import aggregate
-from multilabel_imagenet.dataset import card, schema, writer
+from multilabel_imagenet.dataset import schema, writer
 
 SPLIT_DIRS = {"train": "train", "validation": "val"}
 """Default folder of each split under an ImageNet root (``path`` is relative to it)."""
-
-
-class DatasetFolderError(ValueError):
-    """A local dataset folder is incomplete or damaged; the message names the file."""
 
 
 class MaskSizeError(ValueError):
@@ -65,43 +60,6 @@ def resolve(source: str | Path, revision: str | None = None) -> Source:
             "training reads the same labels every time"
         )
     return Source(str(source), revision, False)
-
-
-def check_folder(folder: str | Path, config: str, split: str | None = None) -> list[Path]:
-    """Check a local dataset folder for ``config`` (and ``split``): card with configs, every Parquet file complete
-    and of the size build.json records. Returns the files checked; raises :class:`DatasetFolderError`."""
-    folder = Path(folder)
-    try:
-        configs = card.read_configs(folder)
-        manifest = writer.read_build_json(folder)
-    except ValueError as err:
-        raise DatasetFolderError(str(err)) from None
-    if config not in configs:
-        raise DatasetFolderError(f"{folder / 'README.md'}: no config {config!r}; it has {', '.join(configs)}")
-    splits = manifest["configs"].get(config, {}).get("splits", {})
-    if split is not None and split not in splits:
-        raise DatasetFolderError(f"{folder / writer.BUILD_JSON}: config {config!r} has no split {split!r}")
-    checked = []
-    for name, info in sorted(splits.items()):
-        if split is not None and name != split:
-            continue
-        for entry in info["files"]:
-            path = folder / entry["path"]
-            if not path.is_file():
-                raise DatasetFolderError(f"{path}: missing (listed in {writer.BUILD_JSON})")
-            size = path.stat().st_size
-            if size != entry["num_bytes"]:
-                raise DatasetFolderError(
-                    f"{path}: {size} bytes but {writer.BUILD_JSON} records {entry['num_bytes']} (truncated or replaced)"
-                )
-            try:
-                rows = pq.ParquetFile(path).metadata.num_rows
-            except (pa.ArrowInvalid, OSError) as err:
-                raise DatasetFolderError(f"{path}: not a complete Parquet file ({err})") from None
-            if rows != entry["num_rows"]:
-                raise DatasetFolderError(f"{path}: {rows} rows but {writer.BUILD_JSON} records {entry['num_rows']}")
-            checked.append(path)
-    return checked
 
 
 def _split_root(imagenet_root: str | Path, split: str, split_dirs: Mapping[str, str] | None) -> Path:
@@ -158,7 +116,7 @@ def load(
         raise ValueError(f"unknown split {split!r}; the splits are {', '.join(schema.SPLITS)}")
     where = resolve(source, revision)
     if where.local:
-        check_folder(where.location, config, split)
+        writer.check_folder(where.location, config, split)
     ds = datasets.load_dataset(
         where.location,
         config,

@@ -40,6 +40,10 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _BATCH_ROWS = 8192
 
 
+class DatasetFolderError(ValueError):
+    """A dataset folder is incomplete or damaged; the message names the file."""
+
+
 class DatasetWriteError(ValueError):
     """A record cannot be written; the message names the config, split, row and image."""
 
@@ -252,6 +256,45 @@ def read_build_json(folder: str | Path) -> dict:
         raise ValueError(f"{path}: missing; not a multilabel-imagenet dataset folder") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def check_folder(folder: str | Path, config: str, split: str | None = None) -> list[Path]:
+    """Check a local dataset folder for ``config`` (and ``split``): card with configs, every Parquet file complete
+    and of the size build.json records. Returns the files checked; raises :class:`DatasetFolderError`."""
+    from multilabel_imagenet.dataset import card
+
+    folder = Path(folder)
+    try:
+        configs = card.read_configs(folder)
+        manifest = read_build_json(folder)
+    except ValueError as err:
+        raise DatasetFolderError(str(err)) from None
+    if config not in configs:
+        raise DatasetFolderError(f"{folder / 'README.md'}: no config {config!r}; it has {', '.join(configs)}")
+    splits = manifest["configs"].get(config, {}).get("splits", {})
+    if split is not None and split not in splits:
+        raise DatasetFolderError(f"{folder / BUILD_JSON}: config {config!r} has no split {split!r}")
+    checked = []
+    for name, info in sorted(splits.items()):
+        if split is not None and name != split:
+            continue
+        for entry in info["files"]:
+            path = folder / entry["path"]
+            if not path.is_file():
+                raise DatasetFolderError(f"{path}: missing (listed in {BUILD_JSON})")
+            size = path.stat().st_size
+            if size != entry["num_bytes"]:
+                raise DatasetFolderError(
+                    f"{path}: {size} bytes but {BUILD_JSON} records {entry['num_bytes']} (truncated or replaced)"
+                )
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowInvalid, OSError) as err:
+                raise DatasetFolderError(f"{path}: not a complete Parquet file ({err})") from None
+            if rows != entry["num_rows"]:
+                raise DatasetFolderError(f"{path}: {rows} rows but {BUILD_JSON} records {entry['num_rows']}")
+            checked.append(path)
+    return checked
 
 
 def write_config(
