@@ -161,7 +161,7 @@ def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
         if opts["runner"] == "ray":
             from multilabel_imagenet.builder import ray_runner
 
-            ray_runner.run(build, stages)
+            ray_runner.run(build, stages, opts["shard"])
         else:
             build.run(stages)
     except (ValueError, FileNotFoundError, images.SourceError) as err:

@@ -20,6 +20,7 @@ head, the optimiser state, the epoch and the configuration (JSON metadata), so t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -244,6 +245,21 @@ def load_checkpoint(path: str | Path) -> tuple[LabelerHead, LabelerConfig, int, 
         raise ValueError(f"{path}: not a labeler checkpoint ({type(err).__name__}: {err})") from None
     optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
     return head, config, int(metadata["epoch"]), optim
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """sha256 over a checkpoint's metadata and tensors, independent of how the file orders them (safetensors
+    writes metadata in hash-map order, so equal checkpoints need not be equal bytes)."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        digest.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+        for key in sorted(f.keys()):
+            tensor = f.get_tensor(key).contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "sha256:" + digest.hexdigest()
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, head: nn.Module, optim: dict[str, torch.Tensor]) -> None:

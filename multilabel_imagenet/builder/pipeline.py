@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from multilabel_imagenet.dataset import schema, writer
 
 SPLITS = ("train", "validation")
 STAGES = ("discover", "select", "train-labeler", "label", "package")
+SHARDED_STAGES = ("discover", "select", "label")
 CHECKPOINT = "labeler/head.safetensors"
 
 
@@ -167,6 +168,7 @@ class Build:
         self.shards = shards.split_into_shards(self.records, config.shard_size)
         self.device = resolve_device(inputs.device)
         self._extractors: dict = {}
+        self._head: tuple | None = None
         self._check_work_dir()
 
     # ------------------------------------------------------------ bookkeeping
@@ -194,7 +196,8 @@ class Build:
     def stage(self, name: str) -> shards.StageDir:
         return shards.StageDir(self.inputs.work_dir, name, self.inputs.split, len(self.shards))
 
-    def _todo(self, stage: shards.StageDir) -> list[int]:
+    def todo(self, stage: shards.StageDir) -> list[int]:
+        """This worker's shards of ``stage`` that are not complete yet."""
         return [i for i in shards.mine(len(self.shards), self.worker, self.workers) if not stage.is_complete(i)]
 
     def _bar(self, total: int, desc: str) -> tqdm:
@@ -223,74 +226,119 @@ class Build:
 
     # ------------------------------------------------------------ stages
 
+    def run_sharded(self, name: str) -> None:
+        """Run a sharded stage (discover, select, label) over this worker's incomplete shards."""
+        out = self.stage(name)
+        todo = self.todo(out)
+        self.check_ready(name)
+        with self._bar(sum(len(self.shards[i]) for i in todo), name) as bar:
+            for i in todo:
+                out.write(i, self.shard_rows(name, i, bar.update))
+
+    def check_ready(self, name: str) -> None:
+        """Fail early, naming what is missing, when stage ``name`` cannot run with these inputs."""
+        if name == "select":
+            if self.inputs.split != "train":
+                raise ValueError("select runs on the train split (ReLabel maps exist for train images only)")
+            if self.inputs.relabel_maps is None:
+                raise ValueError("select needs --relabel-maps DIR (ReLabel's <wnid>/<image>.pt files)")
+        elif name == "label":
+            self.checkpoint()
+
+    def shard_rows(self, name: str, index: int, tick: Callable[[int], object] = lambda n: None) -> list[dict]:
+        """The result rows of stage ``name`` for shard ``index``; ``tick(n)`` reports n images done."""
+        return {"discover": self._discover_shard, "select": self._select_shard, "label": self._label_shard}[name](
+            index, tick
+        )
+
     def discover(self) -> None:
         """MaskCut with every configuration on every image; merged, deduplicated proposals per image."""
-        out = self.stage("discover")
-        todo = self._todo(out)
-        cfgs = self.config.maskcut_configs()
-        solver = {"exact": maskcut.ncut.ncut_exact, "fast": maskcut.ncut.ncut_fast}[self.config.solver]
-        with self._bar(sum(len(self.shards[i]) for i in todo), "discover") as bar:
-            for i in todo:
-                records = self.shards[i]
-                rows: list[dict | None] = [None] * len(records)
-                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
-                    ok = [(j, img) for j, img, err in batch if err is None]
-                    for j, _, err in batch:
-                        if err is not None:
-                            rows[j] = _base_row(records[j]) | {"error": f"decode: {err}"}
-                    batch_images = [img for _, img in ok]
-                    per_config = [self._discover_batch(batch_images, c, solver) for c in cfgs] if ok else []
-                    for k, (j, img) in enumerate(ok):
-                        merged = proposals.merge([found[k] for found in per_config], self.config.dedup_iou)
-                        row = _base_row(records[j]) | {"width": img.shape[1], "height": img.shape[0]}
-                        row["proposals"] = [p.to_dict() for p in merged]
-                        rows[j] = row
-                    bar.update(len(batch))
-                out.write(i, rows)
+        self.run_sharded("discover")
 
     def select(self) -> None:
         """Score each proposal on the image's ReLabel map; confident ones become labeler training samples."""
-        if self.inputs.split != "train":
-            raise ValueError("select runs on the train split (ReLabel maps exist for train images only)")
-        if self.inputs.relabel_maps is None:
-            raise ValueError("select needs --relabel-maps DIR (ReLabel's <wnid>/<image>.pt files)")
-        found, out = self.stage("discover"), self.stage("select")
-        todo = self._todo(out)
-        with self._bar(sum(len(self.shards[i]) for i in todo), "select") as bar:
-            for i in todo:
-                rows_in = found.read(i)
-                items = [(r["image_id"], r["path"], r["label"], _masks(r)) for r in rows_in if "error" not in r]
-                selected = {
-                    image_id: (samples, failure)
-                    for image_id, samples, failure in relabel_maps.iter_selections(
-                        items,
-                        self.inputs.relabel_maps,
-                        self.config.tau_sel,
-                        self.config.select_mode,
-                        self.config.add_full_image,
-                        self.config.resample,
-                    )
+        self.run_sharded("select")
+
+    def label(self) -> None:
+        """The labeler's top-k classes for every proposal, and its whole-image prediction."""
+        self.run_sharded("label")
+
+    def _discover_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
+        cfgs = self.config.maskcut_configs()
+        solver = {"exact": maskcut.ncut.ncut_exact, "fast": maskcut.ncut.ncut_fast}[self.config.solver]
+        records = self.shards[i]
+        rows: list[dict] = [{} for _ in records]
+        for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
+            ok = [(j, img) for j, img, err in batch if err is None]
+            for j, _, err in batch:
+                if err is not None:
+                    rows[j] = _base_row(records[j]) | {"error": f"decode: {err}"}
+            batch_images = [img for _, img in ok]
+            per_config = [self._discover_batch(batch_images, c, solver) for c in cfgs] if ok else []
+            for k, (j, img) in enumerate(ok):
+                merged = proposals.merge([found[k] for found in per_config], self.config.dedup_iou)
+                row = _base_row(records[j]) | {"width": img.shape[1], "height": img.shape[0]}
+                row["proposals"] = [p.to_dict() for p in merged]
+                rows[j] = row
+            tick(len(batch))
+        return rows
+
+    def _select_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
+        rows_in = self.stage("discover").read(i)
+        items = [(r["image_id"], r["path"], r["label"], _masks(r)) for r in rows_in if "error" not in r]
+        selected = {
+            image_id: (samples, failure)
+            for image_id, samples, failure in relabel_maps.iter_selections(
+                items,
+                self.inputs.relabel_maps,
+                self.config.tau_sel,
+                self.config.select_mode,
+                self.config.add_full_image,
+                self.config.resample,
+            )
+        }
+        rows = []
+        for r in rows_in:
+            row = {"image_id": r["image_id"], "samples": []}
+            if "error" not in r:  # images that failed discover are recorded there, not again here
+                samples, failure = selected[r["image_id"]]
+                if failure is not None:
+                    row["error"] = f"relabel map: {failure.reason}"
+                row["samples"] = [
+                    {
+                        "masks": list(s.mask_indices),
+                        "class": s.class_index,
+                        "prob": None if math.isnan(s.relabel_prob) else s.relabel_prob,
+                    }
+                    for s in samples
+                ]
+            rows.append(row)
+        tick(len(rows_in))
+        return rows
+
+    def _label_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
+        if self._head is None:
+            head, lab, _, _ = labeler.load_checkpoint(self.checkpoint())
+            self._head = (head.to(self.device), lab)
+        head, lab = self._head
+        rows_in = self.stage("discover").read(i)
+        rows: list[dict] = [{"image_id": r["image_id"]} for r in rows_in]
+        ok = [j for j, r in enumerate(rows_in) if "error" not in r]
+        records = [self.shards[i][j] for j in ok]
+        for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
+            feats = self._patch_features([img for _, img, _ in batch], lab)
+            for (k, _, _), f in zip(batch, feats, strict=True):
+                j = ok[k]
+                result = labeler.label_image(head, f, _masks(rows_in[j]), lab)
+                rows[j] |= {
+                    "mask_classes": result.mask_classes.tolist(),
+                    "mask_scores": _round(result.mask_scores).tolist(),
+                    "global_classes": result.global_classes.tolist(),
+                    "global_scores": _round(result.global_scores).tolist(),
                 }
-                rows = []
-                for r in rows_in:
-                    row = {"image_id": r["image_id"]}
-                    if "error" in r:
-                        row["error"] = r["error"]
-                    else:
-                        samples, failure = selected[r["image_id"]]
-                        if failure is not None:
-                            row["error"] = f"relabel map: {failure.reason}"
-                        row["samples"] = [
-                            {
-                                "masks": list(s.mask_indices),
-                                "class": s.class_index,
-                                "prob": None if math.isnan(s.relabel_prob) else s.relabel_prob,
-                            }
-                            for s in samples
-                        ]
-                    rows.append(row)
-                out.write(i, rows)
-                bar.update(len(rows_in))
+            tick(len(batch))
+        tick(len(rows_in) - len(ok))
+        return rows
 
     def _patch_features(self, batch_images: list[np.ndarray], config: LabelerConfig) -> torch.Tensor:
         return self._features(batch_images, config.backbone, "patch", config.input_size)[1]
@@ -351,46 +399,24 @@ class Build:
             )
         return Path(path)
 
-    def label(self) -> None:
-        """The labeler's top-k classes for every proposal, and its whole-image prediction."""
-        head, lab, _, _ = labeler.load_checkpoint(self.checkpoint())
-        head.to(self.device)
-        found, out = self.stage("discover"), self.stage("label")
-        todo = self._todo(out)
-        with self._bar(sum(len(self.shards[i]) for i in todo), "label") as bar:
-            for i in todo:
-                rows_in = found.read(i)
-                rows: list[dict] = [{"image_id": r["image_id"]} for r in rows_in]
-                ok = [j for j, r in enumerate(rows_in) if "error" not in r]
-                records = [self.shards[i][j] for j in ok]
-                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
-                    feats = self._patch_features([img for _, img, _ in batch], lab)
-                    for (k, _, _), f in zip(batch, feats, strict=True):
-                        j = ok[k]
-                        result = labeler.label_image(head, f, _masks(rows_in[j]), lab)
-                        rows[j] |= {
-                            "mask_classes": result.mask_classes.tolist(),
-                            "mask_scores": _round(result.mask_scores).tolist(),
-                            "global_classes": result.global_classes.tolist(),
-                            "global_scores": _round(result.global_scores).tolist(),
-                        }
-                    bar.update(len(batch))
-                bar.update(len(rows_in) - len(ok))
-                out.write(i, rows)
-
     def package(self) -> Path:
         """Aggregate every split built in this work directory into the dataset folder."""
         return package(self.inputs.work_dir, self.inputs.output, self.config)
 
-    def run(self, stages: Sequence[str] = STAGES) -> None:
-        """Run ``stages`` in order (select and train-labeler only on train, and only without a checkpoint)."""
+    def run(self, stages: Sequence[str] = STAGES, sharded: Callable[[str], None] | None = None) -> None:
+        """Run ``stages`` in order (select and train-labeler only on train, and only without a checkpoint).
+        ``sharded(name)`` runs a sharded stage elsewhere (the Ray runner); by default here, shard by shard."""
         for name in stages:
             if name in ("select", "train-labeler") and (
                 self.inputs.split != "train" or self.inputs.labeler_checkpoint is not None
             ):
                 continue
             start = time.perf_counter()
-            getattr(self, name.replace("-", "_"))()
+            if name in SHARDED_STAGES and sharded is not None:
+                self.check_ready(name)
+                sharded(name)
+            else:
+                getattr(self, name.replace("-", "_"))()
             if self.progress:
                 tqdm.write(f"{name}: done in {time.perf_counter() - start:.1f} s")
 
@@ -419,15 +445,31 @@ def _split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) ->
 
 
 def _split_records(work_dir: Path, split: str, config: BuildConfig):
-    """The labels and proposals records of one built split, and its errors."""
+    """The labels and proposals records of one built split, and its errors (decode failures, images without
+    proposals, missing or malformed ReLabel maps)."""
     label_rows = {r["image_id"]: r for r in _split_stage(work_dir, "label", split, config).read_all()}
+    select_errors = {}
+    if (work_dir / "select" / split).is_dir():
+        select_errors = {
+            r["image_id"]: r["error"]
+            for r in _split_stage(work_dir, "select", split, config).read_all()
+            if "error" in r
+        }
     labels_out, proposals_out, errors = [], [], []
     for r in _split_stage(work_dir, "discover", split, config).read_all():
+
+        def error(stage: str, reason: str, r=r) -> None:
+            errors.append(
+                {"split": split, "stage": stage, "image_id": r["image_id"], "path": r["path"], "reason": reason}
+            )
+
         if "error" in r:
-            errors.append({"split": split, "image_id": r["image_id"], "path": r["path"], "reason": r["error"]})
+            error("discover", r["error"])
             continue
         if not r["proposals"]:
-            errors.append({"split": split, "image_id": r["image_id"], "path": r["path"], "reason": "no proposal"})
+            error("discover", "no proposal")
+        if r["image_id"] in select_errors:
+            error("select", select_errors[r["image_id"]])
         lab = label_rows[r["image_id"]]
         soft_classes, soft_scores = aggregate.max_over_masks(lab["mask_classes"], lab["mask_scores"])
         labels_out.append(
@@ -474,7 +516,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
     inputs = {f"images:{split}": writer.fingerprint([r.path for r in labels_by_split[split]]) for split in splits}
     checkpoint = work_dir / CHECKPOINT
     if checkpoint.is_file():
-        inputs["labeler_checkpoint"] = "sha256:" + writer.file_sha256(checkpoint)
+        inputs["labeler_checkpoint"] = labeler.checkpoint_fingerprint(checkpoint)
     if (work_dir / "select").is_dir():
         inputs["relabel_selection"] = writer.fingerprint(
             list(_split_stage(work_dir, "select", "train", config).read_all())

@@ -1,0 +1,243 @@
+"""The build end to end on small synthetic scenes: CLI, errors, resume, --shard, Ray, determinism."""
+
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from datasets import load_dataset
+from pycocotools import mask as mask_utils
+
+from multilabel_imagenet.builder import pipeline, shards, synthetic
+from multilabel_imagenet.builder.labeler import LabelerConfig
+from multilabel_imagenet.cli import main
+
+
+def _small_config() -> pipeline.BuildConfig:
+    """The synthetic preset at 128 px and a short labeler schedule, so a build takes seconds."""
+    config = pipeline.BuildConfig.preset("synthetic")
+    maskcut = [asdict(c) | {"input_size": 128} for c in config.maskcut_configs()]
+    labeler = asdict(LabelerConfig(backbone="colour-texture", input_size=128, epochs=30, batch_size=16))
+    return replace(config, maskcut=maskcut, labeler=labeler, shard_size=3, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    synthetic.write_mini_imagenet(root, num_train=8, num_val=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "build.yaml"
+    path.write_text(_small_config().dumps("yaml"))
+    return path
+
+
+def _cli_build(scenes: Path, out: Path, config_file: Path, *extra: str) -> None:
+    runner = CliRunner()
+    train = [
+        "build",
+        "--images",
+        str(scenes / "train"),
+        "--relabel-maps",
+        str(scenes / "relabel_maps"),
+        "--output",
+        str(out),
+        "--config",
+        str(config_file),
+        "--quiet",
+        *extra,
+    ]
+    result = runner.invoke(main, train)
+    assert result.exit_code == 0, result.output
+    val = [
+        "build",
+        "--images",
+        str(scenes / "val"),
+        "--split",
+        "validation",
+        "--labels",
+        str(scenes / "val_labels.txt"),
+        "--output",
+        str(out),
+        "--config",
+        str(config_file),
+        "--quiet",
+        "--labeler-checkpoint",
+        str(out.with_name(out.name + "-work") / pipeline.CHECKPOINT),
+        *extra,
+    ]
+    result = runner.invoke(main, val)
+    assert result.exit_code == 0, result.output
+    assert "dataset written to" in result.output and "load_dataset(" in result.output
+
+
+def _data_files(folder: Path) -> dict[str, bytes]:
+    files = sorted(folder.glob("data/**/*.parquet"))
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def reference(scenes, config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "dataset"
+    _cli_build(scenes, out, config_file)
+    return out
+
+
+def test_build_writes_a_dataset_that_loads(reference, scenes):
+    labels = load_dataset(str(reference), "labels")
+    assert labels["train"].num_rows == 8 and labels["validation"].num_rows == 4
+    truth = {
+        json.loads(line)["image_id"]: json.loads(line) for line in (scenes / "ground_truth" / "train.jsonl").open()
+    }
+    for row in labels["train"]:
+        t = truth[row["image_id"]]
+        assert row["label"] == t["label"] and (row["width"], row["height"]) == (t["width"], t["height"])
+        assert list(row["soft_scores"]) == sorted(row["soft_scores"], reverse=True)
+    proposals = load_dataset(str(reference), "proposals", split="validation")
+    n_masks = 0
+    for row in proposals:
+        for m in row["masks"]:
+            decoded = mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()})
+            assert decoded.shape == (row["height"], row["width"]) and decoded.sum() == m["area"]
+            assert m["source"] == "colour_texture" and len(m["classes"]) == 10
+            n_masks += 1
+    assert n_masks > 0
+    build = json.loads((reference / "metadata" / "build.json").read_text())
+    assert build["version"] == "1.0.0" and "fingerprint" in build
+    assert (reference / "metadata" / "errors.jsonl").is_file()
+
+
+def test_same_inputs_give_identical_dataset_after_a_kill(reference, scenes, config_file, tmp_path, monkeypatch):
+    out = tmp_path / "dataset"
+    calls = {"n": 0}
+    original = shards.StageDir.write
+
+    def killed_after_two_shards(self, index, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed in the middle of a stage
+        return original(self, index, rows)
+
+    monkeypatch.setattr(shards.StageDir, "write", killed_after_two_shards)
+    with pytest.raises(KeyboardInterrupt):
+        config = pipeline.BuildConfig.load(config_file)
+        inputs = pipeline.BuildInputs(
+            scenes / "train", "train", out, tmp_path / "dataset-work", relabel_maps=scenes / "relabel_maps"
+        )
+        pipeline.Build(inputs, config, progress=False).run()
+    monkeypatch.undo()
+    done = sorted(p.name for p in (tmp_path / "dataset-work" / "discover" / "train").glob("*.jsonl"))
+    assert len(done) == 2, "two complete shards survive the kill, the third was never renamed into place"
+    _cli_build(scenes, out, config_file)  # the same command again resumes
+    assert _data_files(out) == _data_files(reference)
+    build, ref = (json.loads((d / "metadata" / "build.json").read_text()) for d in (out, reference))
+    assert build["fingerprint"] == ref["fingerprint"]
+
+
+def test_independent_shard_workers_give_the_same_dataset(reference, scenes, config_file, tmp_path):
+    out = tmp_path / "dataset"
+    runner = CliRunner()
+    common = [
+        "--images",
+        str(scenes / "train"),
+        "--relabel-maps",
+        str(scenes / "relabel_maps"),
+        "--output",
+        str(out),
+        "--config",
+        str(config_file),
+        "--quiet",
+    ]
+    for worker in ("1/2", "0/2"):
+        result = runner.invoke(main, ["build", "discover", *common, "--shard", worker])
+        assert result.exit_code == 0, result.output
+    work = tmp_path / "dataset-work" / "discover" / "train"
+    assert len(list(work.glob("*.jsonl"))) == 3
+    _cli_build(scenes, out, config_file)
+    assert _data_files(out) == _data_files(reference)
+
+
+def test_ray_runner_gives_the_same_dataset(reference, scenes, config_file, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        out = tmp_path / "dataset"
+        _cli_build(scenes, out, config_file, "--runner", "ray")
+    finally:
+        ray.shutdown()
+    assert _data_files(out) == _data_files(reference)
+
+
+def test_bad_images_and_missing_maps_are_recorded_not_fatal(scenes, config_file, tmp_path):
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    victims = sorted((copy / "train").rglob("*.JPEG"))
+    victims[0].write_bytes(victims[0].read_bytes()[:200])  # truncated
+    maps = sorted((copy / "relabel_maps").rglob("*.pt"))
+    maps[-1].unlink()
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--images",
+            str(copy / "train"),
+            "--relabel-maps",
+            str(copy / "relabel_maps"),
+            "--output",
+            str(out),
+            "--config",
+            str(config_file),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    errors = [json.loads(line) for line in (out / "metadata" / "errors.jsonl").read_text().splitlines()]
+    by_stage = {(e["stage"], e["image_id"]): e["reason"] for e in errors}
+    assert "cannot decode" in by_stage[("discover", victims[0].stem)]
+    assert "not found" in by_stage[("select", maps[-1].stem)]
+    labels = load_dataset(str(out), "labels", split="train")
+    assert labels.num_rows == 7 and victims[0].stem not in labels["image_id"]
+    build = json.loads((out / "metadata" / "build.json").read_text())
+    assert build["configs"]["labels"]["build"]["parameters"]["errors"] == len(errors)
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    runner = CliRunner()
+    printed = runner.invoke(main, ["build", "config", "--format", "json"])
+    assert printed.exit_code == 0
+    data = json.loads(printed.output)
+    assert data["tau_sel"] == 0.75 and data["labeler"]["patch_drop"] == 0.25 and data["maskcut_preset"] == "paper"
+    assert pipeline.BuildConfig.from_dict(data) == pipeline.BuildConfig()
+    assert [c.name for c in pipeline.BuildConfig().maskcut_configs()] == [
+        "dinov3_b16",
+        "dinov2_g14",
+        "dinov2_l14",
+        "dino_b8",
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tau_sel: 0.75\nlearning_rate: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown build settings \['learning_rate'\]"):
+        pipeline.BuildConfig.load(bad)
+    bad.write_text("labeler: {lr: 0.1, hidden_size: 3}\n")
+    with pytest.raises(ValueError, match="unknown labeler settings"):
+        pipeline.BuildConfig.load(bad)
+
+
+def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
+    config = pipeline.BuildConfig.load(config_file)
+    inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work")
+    pipeline.Build(inputs, config, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        pipeline.Build(inputs, replace(config, tau_sel=0.5), progress=False)
+    with pytest.raises(ValueError, match="relabel-maps"):
+        pipeline.Build(inputs, config, progress=False).select()
+    with pytest.raises(FileNotFoundError, match="no labeler checkpoint"):
+        pipeline.Build(inputs, config, progress=False).label()
+    assert np.isfinite(config.tau)
