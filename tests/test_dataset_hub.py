@@ -7,17 +7,18 @@ import hashlib
 import json
 import re
 from dataclasses import replace
+from urllib.parse import parse_qs, unquote
 
 import httpx2
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
-from huggingface_hub import HfApi
+from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.utils._http import default_client_factory
 from test_dataset_support import BUILD, synthetic_records
 
 from multilabel_imagenet.cli import main
-from multilabel_imagenet.dataset import hub, writer
+from multilabel_imagenet.dataset import hub, loading, writer
 
 ENDPOINT = "https://hub.test"
 _REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
@@ -47,17 +48,21 @@ class FakeHub:
             ("POST", r"/api/repos/create", self.create_repo),
             ("GET", _REPO + r"/refs", self.refs),
             ("GET", _REPO + r"/tree/(?P<rev>[^/]+)(?P<sub>/.*)?", self.tree),
+            ("POST", _REPO + r"/paths-info/(?P<rev>[^/]+)", self.paths_info),
+            ("GET", _REPO + r"/revision/(?P<rev>[^/]+)", self.revision_info),
+            ("GET|HEAD", r"/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<sub>.+)", self.resolve),
             ("POST", _REPO + r"/preupload/(?P<rev>[^/]+)", self.preupload),
             ("POST", r"/datasets/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", self.lfs_put),
             ("POST", _REPO + r"/commit/(?P<rev>[^/]+)", self.commit),
             ("POST", _REPO + r"/tag/(?P<rev>[^/]+)", self.tag),
             ("POST", r"/api/validate-yaml", self.validate_yaml),
+            ("HEAD", r"/datasets\.huggingface\.co/datasets/.+\.py", self.no_script),
             ("GET", r"/api/agent-harnesses", self.agent_harnesses),
         ]
         for verb, pattern, answer in routes:
             match = re.fullmatch(pattern, path)
-            if verb == method and match:
+            if method in verb.split("|") and match:
                 return answer(request, **match.groupdict())
         self.unknown.append(f"{method} {path}")
         return httpx2.Response(404, json={"error": f"fake hub: no route {method} {path}"})
@@ -67,7 +72,7 @@ class FakeHub:
         repo = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
         if repo in self.repos:
             return httpx2.Response(409, json={"error": "You already created this dataset repo", "url": repo})
-        self.repos[repo] = {"files": {}, "lfs_paths": set(), "commits": [], "tags": {}, "messages": []}
+        self.repos[repo] = {"files": {}, "lfs_paths": set(), "commits": [], "tags": {}, "messages": [], "snapshots": {}}
         return httpx2.Response(200, json={"url": f"{ENDPOINT}/datasets/{repo}", "name": repo})
 
     def refs(self, request, repo):
@@ -79,16 +84,76 @@ class FakeHub:
         main_ref = {"name": "main", "ref": "refs/heads/main", "targetCommit": self._head(repo)}
         return httpx2.Response(200, json={"branches": [main_ref], "tags": tags, "converts": []})
 
+    def _snapshot(self, repo: str, rev: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit, files) at ``rev``: a tag, ``main`` or a commit id."""
+        state = self.repos[repo]
+        oid = state["tags"].get(rev) or (self._head(repo) if rev == "main" else rev)
+        if oid not in state["snapshots"]:
+            return None
+        return oid, state["snapshots"][oid]
+
+    def _entry(self, repo: str, path: str, data: bytes) -> dict:
+        entry = {"type": "file", "path": path, "size": len(data), "oid": hub.git_blob_sha1(data)}
+        if path in self.repos[repo]["lfs_paths"]:
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+    def _entries(self, repo: str, files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict]:
+        entries, folders = [], set()
+        for path, data in sorted(files.items()):
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            rest = path[len(prefix) + 1 :] if prefix else path
+            if "/" in rest and not recursive:
+                folders.add((prefix + "/" if prefix else "") + rest.split("/")[0])
+                continue
+            entries.append(self._entry(repo, path, data))
+        return [{"type": "directory", "path": f, "oid": "0" * 40, "size": 0} for f in sorted(folders)] + entries
+
     def tree(self, request, repo, rev, sub=None):
         if missing := self._missing(repo):
             return missing
-        state, entries = self.repos[repo], []
-        for path, data in sorted(state["files"].items()):
-            entry = {"type": "file", "path": path, "size": len(data), "oid": hub.git_blob_sha1(data)}
-            if path in state["lfs_paths"]:
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-            entries.append(entry)
-        return httpx2.Response(200, json=entries)
+        snapshot = self._snapshot(repo, unquote(rev))
+        if snapshot is None:
+            return httpx2.Response(404, headers={"X-Error-Code": "RevisionNotFound"}, json={"error": "no revision"})
+        recursive = request.url.params.get("recursive") in ("true", "True", "1")
+        return httpx2.Response(200, json=self._entries(repo, snapshot[1], (sub or "").strip("/"), recursive))
+
+    def paths_info(self, request, repo, rev):
+        _, files = self._snapshot(repo, unquote(rev))
+        asked = parse_qs(request.content.decode()).get("paths", [])
+        found = [self._entry(repo, p, files[p]) for p in asked if p in files]
+        found += [
+            {"type": "directory", "path": p, "oid": "0" * 40}
+            for p in asked
+            if any(f.startswith(p + "/") for f in files)
+        ]
+        return httpx2.Response(200, json=found)
+
+    def revision_info(self, request, repo, rev):
+        if missing := self._missing(repo):
+            return missing
+        snapshot = self._snapshot(repo, unquote(rev))
+        if snapshot is None:
+            return httpx2.Response(404, headers={"X-Error-Code": "RevisionNotFound"}, json={"error": "no revision"})
+        oid, files = snapshot
+        card = files.get("README.md", b"").decode()
+        data = {"id": repo, "sha": oid, "private": False, "siblings": [{"rfilename": p} for p in sorted(files)]}
+        data["cardData"] = DatasetCard(card).data.to_dict() if card else {}
+        return httpx2.Response(200, json=data)
+
+    def resolve(self, request, repo, rev, sub):
+        if missing := self._missing(repo):
+            return missing
+        snapshot = self._snapshot(repo, unquote(rev))
+        if snapshot is None or sub not in snapshot[1]:
+            return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": f"{sub} not found"})
+        oid, data = snapshot[0], snapshot[1][sub]
+        entry = self._entry(repo, sub, data)
+        headers = {"ETag": f'"{entry["oid"]}"', "X-Repo-Commit": oid, "Content-Length": str(len(data))}
+        if "lfs" in entry:
+            headers |= {"X-Linked-Etag": f'"{entry["lfs"]["oid"]}"', "X-Linked-Size": str(len(data))}
+        return httpx2.Response(200, headers=headers, content=b"" if request.method == "HEAD" else data)
 
     def preupload(self, request, repo, rev):
         files = json.loads(request.content)["files"]
@@ -134,7 +199,12 @@ class FakeHub:
                 state["files"].pop(value["path"])
         oid = hashlib.sha1(f"{repo}{len(state['commits'])}".encode(), usedforsecurity=False).hexdigest()
         state["commits"].append(oid)
+        state["snapshots"][oid] = dict(state["files"])
         return httpx2.Response(200, json={"commitUrl": f"{ENDPOINT}/datasets/{repo}/commit/{oid}", "commitOid": oid})
+
+    def no_script(self, request):
+        # datasets probes the legacy script location of a Hub dataset; there is none.
+        return httpx2.Response(404)
 
     def agent_harnesses(self, request):
         # huggingface_hub fetches this registry for its user-agent string.
@@ -155,8 +225,10 @@ class FakeHub:
 
 
 @pytest.fixture
-def fake_hub(monkeypatch):
+def fake_hub(monkeypatch, tmp_path):
     fake = FakeHub()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub_cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agents.json"))
     # hf_xet moves LFS bytes outside httpx; with it off, every byte goes through the injected transport.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(fake.handler)))
@@ -221,6 +293,15 @@ def test_existing_tag_is_refused_and_rerun_uploads_only_changes(fake_hub, folder
         p.relative_to(folder2).as_posix() for p in (folder2 / "data/labels").iterdir()
     )
     assert set(repo["tags"]) == {"v1.0.0", "v1.1.0"} and repo["tags"]["v1.1.0"] == repo["commits"][-1]
+
+    # load() reads each pinned release back through the same fake Hub.
+    cache = tmp_path / "datasets_cache"
+    old = loading.load("org/multilabel-imagenet", "labels", "train", revision="v1.0.0", cache_dir=cache)
+    new = loading.load("org/multilabel-imagenet", "labels", "train", revision="v1.1.0", cache_dir=cache)
+    assert old["image_id"] == [r.image_id for r in records[0]["train"]]
+    assert new["image_id"] == [r.image_id for r in smaller["train"]]
+    streamed = loading.load("org/multilabel-imagenet", "proposals", "validation", revision="v1.0.0", streaming=True)
+    assert [r["image_id"] for r in streamed] == [r.image_id for r in records[1]["validation"]]
 
 
 def test_version_must_match_build_json(fake_hub, folder):
