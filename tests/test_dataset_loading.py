@@ -114,12 +114,17 @@ def test_dataloader_batches_keep_dtypes(train):
         proposals=train[1],
         crop=loading.RandomResizedCropWithBox(64),
         target_dtype=torch.float16,
+        columns=("soft_classes", "soft_scores", "width"),
     )
     batch = next(iter(DataLoader(data, batch_size=4, collate_fn=loading.collate)))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float16
     assert batch["target"].shape == (4, 1000) and batch["target"].dtype == torch.float16
     assert batch["label"].dtype == torch.int64 and len(batch["image_id"]) == 4
     assert batch["box"].shape == (4, 4)
+    assert batch["soft_classes"].dtype == torch.int16 and batch["soft_scores"].dtype == torch.float32
+    assert batch["soft_classes"].shape[0] == 4 and batch["width"].dtype == torch.int64
+    with pytest.raises(ValueError, match=r"columns \['masks'\] are not in the split"):
+        loading.TrainingDataset(train[0], columns=("masks",))
 
 
 def test_collate_pads_and_keeps_float16():

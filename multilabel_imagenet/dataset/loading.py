@@ -221,7 +221,7 @@ def _row(table: pa.Table) -> dict[str, Any]:
     for name in table.column_names:
         column = table.column(name).combine_chunks()
         if pa.types.is_list(column.type) and not pa.types.is_struct(column.type.value_type):
-            out[name] = column.values.to_numpy(zero_copy_only=False)
+            out[name] = np.array(column.values.to_numpy(zero_copy_only=False))  # a writable copy
         else:
             out[name] = column.to_pylist()[0]
     return out
@@ -233,7 +233,8 @@ class TrainingDataset(torch.utils.data.Dataset):
     ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
     ``target_dtype``. With ``crop`` (a :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching
     ``proposals`` split), the local part of the target is crop-aware (see :func:`crop_aware_soft`) and ``transform``
-    runs on the crop. Without an ``image`` column (no ImageNet root), items carry no image.
+    runs on the crop. Without an ``image`` column (no ImageNet root), items carry no image. ``columns`` names
+    further columns to pass through; list columns come as numpy arrays in their stored dtype.
     """
 
     def __init__(
@@ -246,6 +247,7 @@ class TrainingDataset(torch.utils.data.Dataset):
         crop: RandomResizedCropWithBox | None = None,
         target_dtype: torch.dtype = torch.float32,
         ambiguity: aggregate.Ambiguity | None = None,
+        columns: Sequence[str] = (),
     ):
         self.scheme = aggregate.parse_scheme(scheme)
         if (crop is None) != (proposals is None):
@@ -254,6 +256,10 @@ class TrainingDataset(torch.utils.data.Dataset):
         self.proposals = None if proposals is None else proposals.with_format("arrow")
         self.transform, self.crop = transform, crop
         self.target_dtype, self.ambiguity = target_dtype, ambiguity
+        missing = [c for c in columns if c not in labels.column_names]
+        if missing:
+            raise ValueError(f"columns {missing} are not in the split; it has {labels.column_names}")
+        self.columns = tuple(columns)
         self._proposal_index = (
             None if proposals is None else {image_id: i for i, image_id in enumerate(proposals["image_id"])}
         )
@@ -308,6 +314,7 @@ class TrainingDataset(torch.utils.data.Dataset):
             self.ambiguity,
         )
         item["target"] = torch.from_numpy(target).to(self.target_dtype)
+        item.update({name: row[name] for name in self.columns})
         if image is not None:
             item["image"] = image if self.transform is None else self.transform(image)
         return item
