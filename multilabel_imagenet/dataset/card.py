@@ -123,7 +123,8 @@ def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> 
     bar_w = group_w * 0.8 / max(1, len(series))
     for b, bucket in enumerate(_BUCKETS):
         x0 = left + 10 + b * group_w
-        draw.text((x0 + group_w * 0.3, height - bottom + 8), f"k={bucket}", fill="black", font=font)
+        label = f"k{bucket}" if bucket.startswith(">") else f"k={bucket}"
+        draw.text((x0 + group_w * 0.3, height - bottom + 8), label, fill="black", font=font)
         for s, values in enumerate(series.values()):
             bar_top = height - bottom - plot_h * values[bucket]
             draw.rectangle([x0 + s * bar_w, bar_top, x0 + (s + 1) * bar_w - 2, height - bottom], fill=colours[s % 4])
