@@ -161,3 +161,52 @@ def test_fast_and_exact_solvers_agree_on_50_feature_maps():
                     ious.append(mask_iou(a, b))
     assert len(ious) >= 50
     assert float(np.mean(ious)) >= 0.99
+
+
+def _two_discs(h: int = 180, w: int = 260) -> tuple[np.ndarray, list[np.ndarray]]:
+    yy, xx = np.mgrid[:h, :w]
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(128, 6, (h, w, 3)), 0, 255)
+    discs = [(yy - 60) ** 2 + (xx - 70) ** 2 < 40**2, (yy - 120) ** 2 + (xx - 190) ** 2 < 45**2]
+    image[discs[0]] = (250, 130, 0)
+    image[discs[1]] = (30, 60, 230)
+    return image.astype(np.uint8), discs
+
+
+def test_discover_finds_objects_at_the_original_size():
+    from multilabel_imagenet.builder import backbones, configs
+
+    image, discs = _two_discs()
+    config = configs.SYNTHETIC[0]
+    props = maskcut.discover([image], config, backbones.load_backbone(config.backbone, config.feature))[0]
+    assert all(p.size == (180, 260) and p.source == config.name for p in props)
+    masks = [p.decode() for p in props]
+    for disc in discs:
+        assert max(mask_iou(disc, m) for m in masks) > 0.85
+    for a in range(len(masks)):  # disjoint before CRF; the CRF may overlap them by at most a rim
+        for b in range(a + 1, len(masks)):
+            assert (masks[a] & masks[b]).sum() < 0.05 * min(masks[a].sum(), masks[b].sum())
+
+
+def test_discover_with_a_vit_backbone_and_both_solvers(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from multilabel_imagenet.builder import backbones, configs
+
+    tiny = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_base_patch8_224.dino", num_classes=0, **tiny).state_dict(), tmp_path / "w.st")
+    (tmp_path / "w.st").rename(tmp_path / "w.safetensors")
+    config = configs.MaskCutConfig("tiny_dino", "vit_base_patch8_224.dino", "k", 128, 0.15, 3, crf=True)
+    ex = backbones.load_backbone(config.backbone, "k", weights=tmp_path / "w.safetensors", model_kwargs=tiny)
+    image, _ = _two_discs()
+    times = maskcut.StepTimes()
+    exact = maskcut.discover([image], config, ex, solver="exact", times=times)[0]
+    fast = maskcut.discover([image], config, ex, solver="fast")[0]
+    assert [p.counts for p in exact] == [p.counts for p in fast]
+    assert times.images == 1 and times.features > 0 and times.cut > 0
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        maskcut.discover([image], configs.MaskCutConfig("bad", "x", "k", 100, 0.15, 3, crf=False), ex)
+    with pytest.raises(ValueError, match="solver"):
+        maskcut.discover([image], config, ex, solver="slow")

@@ -187,20 +187,25 @@ class ColourTextureExtractor:
     """Deterministic, weight-free patch features from colour and texture statistics.
 
     For the synthetic demo and tests where no trained ViT exists (it is not a substitute for one on real
-    images). Per patch: chroma-weighted soft hue histogram (``hue_bins`` bins), fractions of very dark and very
-    bright pixels, luminance contrast, and a constant ``bias`` component, so that plain low-saturation regions
-    point in one common direction and saturated or strongly textured regions point away from it. Each patch's
-    statistics are averaged with its 3 x 3 neighbourhood's (``context``) to make textures coherent. Input is
-    the ImageNet-normalised batch from :func:`preprocess`.
+    images). Each pixel gets a unit vector: a constant ``bias`` component, a soft hue histogram (``hue_bins``
+    bins of width ``hue_sigma_deg``) scaled by the chroma above ``chroma_floor``, and indicators of very dark /
+    very bright luminance and of luminance edges above ``edge_floor``. Plain low-saturation pixels all point
+    along the bias axis; saturated, extreme or edge pixels point away from it. A patch's feature is the mean
+    of its pixels' unit vectors (so a patch straddling a boundary points in proportion to its coverage), mixed
+    with the mean over its ``context_size`` x ``context_size`` neighbourhood (weight ``context``) so that
+    textures whose cells are larger than a patch stay coherent. Input: the normalised batch from
+    :func:`preprocess`.
     """
 
     patch_size: int = 8
     hue_bins: int = 24
-    hue_sigma_deg: float = 10.0
+    hue_sigma_deg: float = 20.0
+    chroma_floor: float = 0.12
     bias: float = 0.15
     dark: float = 35 / 255
     bright: float = 225 / 255
-    contrast_scale: float = 4.0
+    edge_floor: float = 0.1
+    context_size: int = 3
     context: float = 0.5
 
     @torch.no_grad()
@@ -210,23 +215,24 @@ class ColourTextureExtractor:
         std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
         rgb = (images.float() * std + mean).clamp(0, 1)
         r, g, b = rgb.unbind(1)
-        mx, mn = rgb.amax(1), rgb.amin(1)
-        chroma = mx - mn
+        chroma = (rgb.amax(1) - rgb.amin(1) - self.chroma_floor).clamp_min(0).unsqueeze(1)
         hue = torch.atan2(math.sqrt(3.0) * (g - b), 2 * r - g - b)  # radians, opponent-colour hue angle
         centres = torch.arange(self.hue_bins, device=images.device) * (2 * math.pi / self.hue_bins)
         delta = torch.remainder(hue.unsqueeze(1) - centres.view(1, -1, 1, 1) + math.pi, 2 * math.pi) - math.pi
         soft = torch.exp(-0.5 * (delta / math.radians(self.hue_sigma_deg)) ** 2)
         soft = soft / soft.norm(dim=1, keepdim=True)
-        lum = 0.299 * r + 0.587 * g + 0.114 * b
-        extreme = ((lum < self.dark) | (lum > self.bright)).float()
-        maps = torch.cat([chroma.unsqueeze(1) * soft, extreme.unsqueeze(1)], dim=1)
-        p = self.patch_size
-        pooled = F.avg_pool2d(maps, p)
-        contrast = (F.avg_pool2d(lum.unsqueeze(1) ** 2, p) - F.avg_pool2d(lum.unsqueeze(1), p) ** 2).clamp_min(0)
-        stats = torch.cat([pooled, self.contrast_scale * contrast.sqrt()], dim=1)
-        smooth = F.avg_pool2d(stats, 3, stride=1, padding=1, count_include_pad=False)
-        stats = (1 - self.context) * stats + self.context * smooth
-        feats = torch.cat([stats, torch.full_like(stats[:, :1], self.bias)], dim=1)
+        lum = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+        dark, bright = (lum < self.dark).float(), (lum > self.bright).float()
+        padded = F.pad(lum, (1, 1, 1, 1), mode="replicate")
+        grad = torch.hypot(
+            padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2], padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
+        )
+        edge = (grad / 2 - self.edge_floor).clamp_min(0)
+        pixel = torch.cat([torch.full_like(lum, self.bias), chroma * soft, dark, bright, edge], dim=1)
+        pooled = F.avg_pool2d(F.normalize(pixel, dim=1), self.patch_size)
+        k = self.context_size
+        smooth = F.avg_pool2d(pooled, k, stride=1, padding=k // 2, count_include_pad=False)
+        feats = (1 - self.context) * pooled + self.context * smooth
         return feats.permute(0, 2, 3, 1).reshape(images.shape[0], gh, gw, -1).contiguous()
 
 

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from multilabel_imagenet.builder import ncut
+from multilabel_imagenet.builder.backbones import Extractor, preprocess
 from multilabel_imagenet.builder.configs import CRFParams, MaskCutConfig
 from multilabel_imagenet.builder.crf import mask_iou, refine
 from multilabel_imagenet.builder.proposals import Proposal, encode, resize_mask
@@ -186,3 +188,45 @@ def proposals_from_patches(
         times.crf += t1 - t0
         times.encode += time.perf_counter() - t1
     return out
+
+
+SOLVERS: dict[str, ncut.Solver] = {"exact": ncut.ncut_exact, "fast": ncut.ncut_fast}
+
+
+def discover(
+    images: Sequence[Image.Image | np.ndarray],
+    config: MaskCutConfig,
+    extractor: Extractor,
+    *,
+    solver: str = "fast",
+    crf_params: CRFParams | None = None,
+    times: StepTimes | None = None,
+) -> list[list[Proposal]]:
+    """One configuration on a batch of images, steps 1-10: proposals per image at its original size.
+
+    ``solver`` is "fast" (batched torch, on the features' device) or "exact" (float64 scipy, as published).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    if config.input_size % extractor.patch_size:
+        raise ValueError(
+            f"config {config.name!r}: input_size {config.input_size} is not a multiple of the patch size "
+            f"{extractor.patch_size}"
+        )
+    sizes = [(im.height, im.width) if isinstance(im, Image.Image) else im.shape[:2] for im in images]
+    t0 = time.perf_counter()
+    batch, resized = preprocess(images, config.input_size)
+    features = extractor(batch)
+    if features.is_cuda:
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    grid = (features.shape[1], features.shape[2])
+    patch_masks = maskcut_patches(features, grid, config.tau, config.n, SOLVERS[solver])
+    if times is not None:
+        times.features += t1 - t0
+        times.cut += time.perf_counter() - t1
+        times.images += len(images)
+    return [
+        proposals_from_patches(r, m, s, config, crf_params, times)
+        for r, m, s in zip(resized, patch_masks, sizes, strict=True)
+    ]
