@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,3 +340,31 @@ def write_mini_imagenet(
     meta = [{"index": c.index, "wnid": c.wnid, "name": c.name, "shape": c.shape, "texture": c.texture} for c in CLASSES]
     (root / "classes.json").write_text(json.dumps({"seed": seed, "classes": meta}, indent=1), encoding="utf-8")
     return root
+
+
+def label_quality(predicted: dict[str, Iterable[int]], ground_truth: str | Path) -> dict[str, float]:
+    """Predicted label sets against a ``ground_truth/<split>.jsonl`` file of :func:`write_mini_imagenet`.
+
+    Micro precision, recall and F1 over all (image, class) pairs, and the recall of secondary objects: the
+    ground-truth classes other than the image's single label. Every image of the file must be predicted."""
+    tp = fp = fn = secondary = secondary_found = 0
+    with open(ground_truth, encoding="utf-8") as f:
+        truth = [json.loads(line) for line in f]
+    missing = [t["image_id"] for t in truth if t["image_id"] not in predicted]
+    if missing:
+        raise ValueError(f"{ground_truth}: {len(missing)} images have no prediction, e.g. {missing[:3]}")
+    for t in truth:
+        pred, true = set(map(int, predicted[t["image_id"]])), set(t["labels"])
+        tp, fp, fn = tp + len(pred & true), fp + len(pred - true), fn + len(true - pred)
+        others = true - {t["label"]}
+        secondary, secondary_found = secondary + len(others), secondary_found + len(others & pred)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "images": len(truth),
+        "micro_precision": precision,
+        "micro_recall": recall,
+        "micro_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "secondary_objects": secondary,
+        "secondary_recall": secondary_found / secondary if secondary else 0.0,
+    }
