@@ -357,6 +357,8 @@ def write_dataset(
         if records is not None:
             write_config(folder, config, records, build, policy)
     card.write_card(folder)
+    if not _SCRIPT_SOURCE.is_file():
+        raise FileNotFoundError(f"{_SCRIPT_SOURCE}: the classic loading script is missing (use a source checkout)")
     script = Path(folder) / LOADING_SCRIPT
     script.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_SCRIPT_SOURCE, script)
