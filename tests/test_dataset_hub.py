@@ -328,3 +328,11 @@ def test_cli_dry_run_lists_changes_and_writes_nothing(fake_hub, folder, monkeypa
     )
     assert result.exit_code == 0, result.output
     assert "tagged v1.0.0" in result.output and "v1.0.0" in fake_hub.repos["org/multilabel-imagenet"]["tags"]
+
+
+def test_publish_into_an_existing_empty_repo(fake_hub, folder):
+    _api().create_repo("org/empty", repo_type="dataset")
+    plan, _ = hub.plan_publish(folder, "org/empty", "1.0.0", _api())
+    assert plan.repo_exists and not plan.unchanged and not plan.delete
+    hub.publish(folder, "org/empty", "1.0.0", api=_api())
+    assert fake_hub.repos["org/empty"]["tags"] == {"v1.0.0": fake_hub.repos["org/empty"]["commits"][-1]}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from multilabel_imagenet.dataset import card, writer
 
@@ -90,6 +90,15 @@ def _batches(paths: list[str], files: dict[str, bytes | Path], max_files: int, m
     return batches
 
 
+def _remote_files(api: HfApi, repo_id: str) -> dict:
+    """The files on the repo's ``main`` by path (none for a repo without commits)."""
+    try:
+        entries = api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
+        return {entry.path: entry for entry in entries if hasattr(entry, "blob_id")}
+    except (RevisionNotFoundError, RemoteEntryNotFoundError):
+        return {}
+
+
 def plan_publish(
     folder: str | Path,
     repo_id: str,
@@ -114,14 +123,10 @@ def plan_publish(
     tag = f"v{version}"
     try:
         tags = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags}
-        remote = {
-            entry.path: entry
-            for entry in api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
-            if hasattr(entry, "blob_id")
-        }
         exists = True
     except RepositoryNotFoundError:
-        tags, remote, exists = set(), {}, False
+        tags, exists = set(), False
+    remote = _remote_files(api, repo_id) if exists else {}
     if tag in tags:
         raise PublishError(f"{repo_id} already has tag {tag}; a published version is never overwritten")
     plan = PublishPlan(repo_id=repo_id, tag=tag, repo_exists=exists)
