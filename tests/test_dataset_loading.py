@@ -210,3 +210,22 @@ def test_random_resized_crop_box_stays_inside():
         out, (x, y, w, h) = crop(image)
         assert out.size == (48, 48)
         assert x >= 0 and y >= 0 and x + w <= 120 and y + h <= 80 and w * h >= 0.2 * 120 * 80 - 200
+
+
+def test_streaming_training_dataset_matches_map_style(mini, train, tmp_path):
+    # Two shards so that two DataLoader workers each read one.
+    policy = writer.ShardPolicy(min_rows_per_shard=4)
+    folder = writer.write_dataset(tmp_path / "sharded", BUILD, labels={"train": mini[2]["train"]}, policy=policy)
+    streamed = loading.load(folder, "labels", "train", imagenet_root=mini[0], streaming=True)
+    data = loading.StreamingTrainingDataset(streamed, "local_hard@0.5+pred", columns=("soft_scores",))
+    loader = DataLoader(data, batch_size=3, num_workers=2, collate_fn=loading.collate)
+    got, count = {}, 0
+    for batch in loader:
+        assert batch["soft_scores"].dtype == torch.float32
+        got.update(zip(batch["image_id"], batch["target"], strict=True))
+        count += len(batch["image_id"])
+    expected = loading.TrainingDataset(train[0], "local_hard@0.5+pred")
+    assert count == len(got) == len(expected)  # each worker read its own shard, none twice
+    for i in range(len(expected)):
+        item = expected[i]
+        assert torch.equal(got[item["image_id"]], item["target"])

@@ -1,14 +1,14 @@
 """Everything about the published artefact: schema, writer, card, Hub, loading, importers.
 
-``load``, ``TrainingDataset``, ``RandomResizedCropWithBox`` and ``collate`` (from :mod:`.loading`) are imported
-lazily so that ``multilabel_imagenet.dataset.schema`` stays cheap to import.
+The training entry points of :mod:`.loading` (``load``, ``TrainingDataset``, ``StreamingTrainingDataset``,
+``RandomResizedCropWithBox``, ``collate``) are imported lazily so that ``.schema`` stays cheap to import.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_LOADING = ("load", "TrainingDataset", "RandomResizedCropWithBox", "collate")
+_LOADING = ("load", "TrainingDataset", "StreamingTrainingDataset", "RandomResizedCropWithBox", "collate")
 __all__ = list(_LOADING)
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,45 +227,32 @@ def _row(table: pa.Table) -> dict[str, Any]:
     return out
 
 
-class TrainingDataset(torch.utils.data.Dataset):
-    """Items ``{"image", "target", "label", "image_id"}`` from a ``labels`` split for a DataLoader.
-
-    ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
-    ``target_dtype``. With ``crop`` (a :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching
-    ``proposals`` split), the local part of the target is crop-aware (see :func:`crop_aware_soft`) and ``transform``
-    runs on the crop. Without an ``image`` column (no ImageNet root), items carry no image. ``columns`` names
-    further columns to pass through; list columns come as numpy arrays in their stored dtype.
-    """
+class _ItemBuilder:
+    """Turns a ``labels`` row into a training item; shared by the map-style and the streamed datasets."""
 
     def __init__(
         self,
-        labels: datasets.Dataset,
-        scheme: str = aggregate.DEFAULT_SCHEME,
-        transform: Callable[[Image.Image], Any] | None = None,
-        *,
-        proposals: datasets.Dataset | None = None,
-        crop: RandomResizedCropWithBox | None = None,
-        target_dtype: torch.dtype = torch.float32,
-        ambiguity: aggregate.Ambiguity | None = None,
-        columns: Sequence[str] = (),
+        column_names: Sequence[str],
+        scheme: str,
+        transform: Callable[[Image.Image], Any] | None,
+        proposals: datasets.Dataset | None,
+        crop: RandomResizedCropWithBox | None,
+        target_dtype: torch.dtype,
+        ambiguity: aggregate.Ambiguity | None,
+        columns: Sequence[str],
     ):
         self.scheme = aggregate.parse_scheme(scheme)
         if (crop is None) != (proposals is None):
             raise ValueError("crop-aware targets need both crop= and proposals=")
-        self.labels = labels.with_format("arrow")
+        missing = [c for c in columns if c not in column_names]
+        if missing:
+            raise ValueError(f"columns {missing} are not in the split; it has {list(column_names)}")
         self.proposals = None if proposals is None else proposals.with_format("arrow")
         self.transform, self.crop = transform, crop
-        self.target_dtype, self.ambiguity = target_dtype, ambiguity
-        missing = [c for c in columns if c not in labels.column_names]
-        if missing:
-            raise ValueError(f"columns {missing} are not in the split; it has {labels.column_names}")
-        self.columns = tuple(columns)
+        self.target_dtype, self.ambiguity, self.columns = target_dtype, ambiguity, tuple(columns)
         self._proposal_index = (
             None if proposals is None else {image_id: i for i, image_id in enumerate(proposals["image_id"])}
         )
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
     def _image(self, row: Mapping[str, Any]) -> Image.Image | None:
         value = row.get("image")
@@ -291,8 +278,7 @@ class TrainingDataset(torch.utils.data.Dataset):
         _check_masks(row["masks"], row["width"], row["height"], image_id)
         return row["masks"], row["width"], row["height"]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = _row(self.labels[index])
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
         image = self._image(row)
         item: dict[str, Any] = {"image_id": row["image_id"], "label": row["label"]}
         soft_classes, soft_scores = row["soft_classes"], row["soft_scores"]
@@ -318,6 +304,70 @@ class TrainingDataset(torch.utils.data.Dataset):
         if image is not None:
             item["image"] = image if self.transform is None else self.transform(image)
         return item
+
+
+class TrainingDataset(torch.utils.data.Dataset):
+    """Items ``{"image", "target", "label", "image_id"}`` from a ``labels`` split for a DataLoader.
+
+    ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
+    ``target_dtype``. With ``crop`` (a :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching
+    ``proposals`` split), the local part of the target is crop-aware (see :func:`crop_aware_soft`), ``transform``
+    runs on the crop and items carry the crop ``box``. Without an ``image`` column (no ImageNet root), items carry
+    no image. ``columns`` names further columns to pass through; list columns come as numpy arrays in their
+    stored dtype.
+    """
+
+    def __init__(
+        self,
+        labels: datasets.Dataset,
+        scheme: str = aggregate.DEFAULT_SCHEME,
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        proposals: datasets.Dataset | None = None,
+        crop: RandomResizedCropWithBox | None = None,
+        target_dtype: torch.dtype = torch.float32,
+        ambiguity: aggregate.Ambiguity | None = None,
+        columns: Sequence[str] = (),
+    ):
+        self._build = _ItemBuilder(
+            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
+        )
+        self.labels = labels.with_format("arrow")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._build(_row(self.labels[index]))
+
+
+class StreamingTrainingDataset(torch.utils.data.IterableDataset):
+    """The items of :class:`TrainingDataset` from a streamed ``labels`` split (``load(..., streaming=True)``).
+
+    Same options; ``proposals`` (for crop-aware targets) stays a map-style split. In DataLoader workers, datasets
+    gives each worker its own shards, which is why the published shard counts divide evenly.
+    """
+
+    def __init__(
+        self,
+        labels: datasets.IterableDataset,
+        scheme: str = aggregate.DEFAULT_SCHEME,
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        proposals: datasets.Dataset | None = None,
+        crop: RandomResizedCropWithBox | None = None,
+        target_dtype: torch.dtype = torch.float32,
+        ambiguity: aggregate.Ambiguity | None = None,
+        columns: Sequence[str] = (),
+    ):
+        self._build = _ItemBuilder(
+            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
+        )
+        self.labels = labels.with_format("arrow")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for table in self.labels:
+            yield self._build(_row(table))
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
