@@ -210,22 +210,6 @@ class Build:
             self._extractors[key] = backbones.load_backbone(backbone, feature, weights=weights, device=self.device)
         return self._extractors[key]
 
-    def _features(self, batch_images: list[np.ndarray], backbone: str, feature: str, size: int):
-        """Resized uint8 images and features [B, h, w, d] of one backbone at one input size."""
-        x, resized = backbones.preprocess(batch_images, size)
-        return resized, self._extractor(backbone, feature)(x.to(self.device)).float().cpu()
-
-    def _discover_batch(self, batch_images: list[np.ndarray], config: configs.MaskCutConfig, solver) -> list[list]:
-        """One MaskCut configuration on a batch: proposals per image (REFERENCE.md section 1 steps 1-10)."""
-        resized, feats = self._features(batch_images, config.backbone, config.feature, config.input_size)
-        patch_masks = maskcut.maskcut_patches(feats, tuple(feats.shape[1:3]), config.tau, config.n, solver)
-        return [
-            maskcut.proposals_from_patches(r, m, img.shape[:2], config)
-            for r, m, img in zip(resized, patch_masks, batch_images, strict=True)
-        ]
-
-    # ------------------------------------------------------------ stages
-
     def run_sharded(self, name: str) -> None:
         """Run a sharded stage (discover, select, label) over this worker's incomplete shards."""
         out = self.stage(name)
@@ -265,7 +249,6 @@ class Build:
 
     def _discover_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
         cfgs = self.config.maskcut_configs()
-        solver = {"exact": maskcut.ncut.ncut_exact, "fast": maskcut.ncut.ncut_fast}[self.config.solver]
         records = self.shards[i]
         rows: list[dict] = [{} for _ in records]
         for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
@@ -274,7 +257,14 @@ class Build:
                 if err is not None:
                     rows[j] = _base_row(records[j]) | {"error": f"decode: {err}"}
             batch_images = [img for _, img in ok]
-            per_config = [self._discover_batch(batch_images, c, solver) for c in cfgs] if ok else []
+            per_config = (
+                [
+                    maskcut.discover(batch_images, c, self._extractor(c.backbone, c.feature), solver=self.config.solver)
+                    for c in cfgs
+                ]
+                if ok
+                else []
+            )
             for k, (j, img) in enumerate(ok):
                 merged = proposals.merge([found[k] for found in per_config], self.config.dedup_iou)
                 row = _base_row(records[j]) | {"width": img.shape[1], "height": img.shape[0]}
@@ -341,7 +331,9 @@ class Build:
         return rows
 
     def _patch_features(self, batch_images: list[np.ndarray], config: LabelerConfig) -> torch.Tensor:
-        return self._features(batch_images, config.backbone, "patch", config.input_size)[1]
+        """The labeler backbone's final patch tokens [B, h, w, d] (float32, on the CPU)."""
+        x, _ = backbones.preprocess(batch_images, config.input_size)
+        return self._extractor(config.backbone, "patch")(x.to(self.device)).float().cpu()
 
     def train_labeler(self) -> Path:
         """Pool the selected samples' features (cached per shard), then train the head (resumable)."""
