@@ -166,6 +166,8 @@ def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
             build.run(stages)
     except (ValueError, FileNotFoundError, images.SourceError) as err:
         raise click.ClickException(str(err)) from None
+    if not opts["quiet"]:
+        click.echo(build.summary())
     if "package" in stages:
         _print_load_hint(build.inputs.output)
     elif stages:

@@ -169,6 +169,7 @@ class Build:
         self.device = resolve_device(inputs.device)
         self._extractors: dict = {}
         self._head: tuple | None = None
+        self.stage_seconds: dict[str, float] = {}
         self._check_work_dir()
 
     # ------------------------------------------------------------ bookkeeping
@@ -409,8 +410,37 @@ class Build:
                 sharded(name)
             else:
                 getattr(self, name.replace("-", "_"))()
-            if self.progress:
-                tqdm.write(f"{name}: done in {time.perf_counter() - start:.1f} s")
+            self.stage_seconds[name] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        """What this split's build produced: images, proposals, errors, label counts, seconds per stage."""
+        found = self.stage("discover")
+        lines = [f"{self.inputs.split}: {len(self.records)} images in {len(self.shards)} shards"]
+        mine = [i for i in shards.mine(len(self.shards), self.worker, self.workers) if found.is_complete(i)]
+        rows = [r for i in mine for r in found.read(i)]
+        if rows:
+            failed = sum("error" in r for r in rows)
+            n_props = [len(r["proposals"]) for r in rows if "error" not in r]
+            lines.append(
+                f"  discover: {len(rows)} images, {sum(n_props)} proposals ({np.mean(n_props or [0]):.2f} per "
+                f"image), {failed} could not be decoded, {n_props.count(0)} without proposals"
+            )
+        build_json = self.inputs.output / writer.BUILD_JSON
+        if build_json.is_file():
+            splits = json.loads(build_json.read_text(encoding="utf-8"))["configs"]["labels"]["splits"]
+            if self.inputs.split in splits:
+                dist = splits[self.inputs.split]["statistics"]["label_count_distribution"]
+                shares = ", ".join(
+                    f"k{'=' if k[0].isdigit() else ''}{k}: {100 * v:.1f}%" for k, v in dist.items() if k != "mean"
+                )
+                lines.append(f"  labels per image (score > {self.config.tau}): {shares}; mean {dist['mean']:.2f}")
+            errors = self.inputs.output / "metadata" / "errors.jsonl"
+            if errors.is_file():
+                lines.append(f"  errors recorded: {len(errors.read_text().splitlines())} (in {errors})")
+        timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items())
+        if timing:
+            lines.append(f"  time per stage: {timing}")
+        return "\n".join(lines)
 
 
 def _base_row(record: images.ImageRecord) -> dict:
@@ -550,7 +580,8 @@ def build_synthetic_demo(
     config = BuildConfig.preset("synthetic")
     output, work = root / "multilabel-imagenet", root / "work"
     train = BuildInputs(scenes / "train", "train", output, work, relabel_maps=scenes / "relabel_maps", device=device)
-    Build(train, config, progress=progress).run(STAGES[:-1])
+    train_build = Build(train, config, progress=progress)
+    train_build.run(STAGES[:-1])
     val = BuildInputs(
         scenes / "val",
         "validation",
@@ -560,5 +591,9 @@ def build_synthetic_demo(
         labeler_checkpoint=work / CHECKPOINT,
         device=device,
     )
-    Build(val, config, progress=progress).run(("discover", "label"))
-    return package(work, output, config)
+    val_build = Build(val, config, progress=progress)
+    val_build.run(("discover", "label"))
+    package(work, output, config)
+    if progress:
+        tqdm.write(train_build.summary() + "\n" + val_build.summary())
+    return output
