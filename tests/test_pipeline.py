@@ -38,10 +38,9 @@ def config_file(tmp_path_factory):
     return path
 
 
-def _cli_build(scenes: Path, out: Path, config_file: Path, *extra: str) -> None:
-    runner = CliRunner()
-    train = [
-        "build",
+def _train_args(scenes: Path, out: Path, config_file: Path) -> list[str]:
+    """The options of a train-split build of ``scenes`` into ``out``."""
+    return [
         "--images",
         str(scenes / "train"),
         "--relabel-maps",
@@ -51,8 +50,12 @@ def _cli_build(scenes: Path, out: Path, config_file: Path, *extra: str) -> None:
         "--config",
         str(config_file),
         "--quiet",
-        *extra,
     ]
+
+
+def _cli_build(scenes: Path, out: Path, config_file: Path, *extra: str) -> None:
+    runner = CliRunner()
+    train = ["build", *_train_args(scenes, out, config_file), *extra]
     result = runner.invoke(main, train)
     assert result.exit_code == 0, result.output
     val = [
@@ -143,17 +146,7 @@ def test_same_inputs_give_identical_dataset_after_a_kill(reference, scenes, conf
 def test_independent_shard_workers_give_the_same_dataset(reference, scenes, config_file, tmp_path):
     out = tmp_path / "dataset"
     runner = CliRunner()
-    common = [
-        "--images",
-        str(scenes / "train"),
-        "--relabel-maps",
-        str(scenes / "relabel_maps"),
-        "--output",
-        str(out),
-        "--config",
-        str(config_file),
-        "--quiet",
-    ]
+    common = _train_args(scenes, out, config_file)
     for worker in ("1/2", "0/2"):
         result = runner.invoke(main, ["build", "discover", *common, "--shard", worker])
         assert result.exit_code == 0, result.output
@@ -182,21 +175,7 @@ def test_bad_images_and_missing_maps_are_recorded_not_fatal(scenes, config_file,
     maps = sorted((copy / "relabel_maps").rglob("*.pt"))
     maps[-1].unlink()
     out = tmp_path / "dataset"
-    result = CliRunner().invoke(
-        main,
-        [
-            "build",
-            "--images",
-            str(copy / "train"),
-            "--relabel-maps",
-            str(copy / "relabel_maps"),
-            "--output",
-            str(out),
-            "--config",
-            str(config_file),
-            "--quiet",
-        ],
-    )
+    result = CliRunner().invoke(main, ["build", *_train_args(copy, out, config_file)])
     assert result.exit_code == 0, result.output
     errors = [json.loads(line) for line in (out / "metadata" / "errors.jsonl").read_text().splitlines()]
     by_stage = {(e["stage"], e["image_id"]): e["reason"] for e in errors}
