@@ -14,7 +14,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from multilabel_imagenet.dataset import schema, writer
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "cards" / "dataset_card.md"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # also at <repo>/cards/
 FIGURE = "metadata/label_counts.png"
 REPO_PLACEHOLDER = "<org>/multilabel-imagenet"
 PAPER_TABLE5 = {"0": 0.0059, "1": 0.789, "2": 0.178, "3": 0.025, ">=4": 0.0028, "mean": 1.23}

@@ -34,7 +34,7 @@ from multilabel_imagenet.dataset import schema
 
 BUILD_JSON = "metadata/build.json"
 LOADING_SCRIPT = "loading_script/multilabel_imagenet.py"
-_SCRIPT_SOURCE = Path(__file__).resolve().parents[2] / LOADING_SCRIPT
+_SCRIPT_SOURCE = Path(__file__).resolve().parent / LOADING_SCRIPT  # also at <repo>/loading_script/
 FORMAT_VERSION = 1
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _BATCH_ROWS = 8192
@@ -358,7 +358,7 @@ def write_dataset(
             write_config(folder, config, records, build, policy)
     card.write_card(folder)
     if not _SCRIPT_SOURCE.is_file():
-        raise FileNotFoundError(f"{_SCRIPT_SOURCE}: the classic loading script is missing (use a source checkout)")
+        raise FileNotFoundError(f"{_SCRIPT_SOURCE}: the classic loading script is missing from the installed package")
     script = Path(folder) / LOADING_SCRIPT
     script.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_SCRIPT_SOURCE, script)
