@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from multilabel_imagenet import __version__
@@ -54,3 +55,12 @@ def test_images_bad_layout_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(main, ["images", str(tmp_path), "--layout", "train"])
     assert result.exit_code == 1 and "folders must be ImageNet-1k wnids" in result.output
     assert "Traceback" not in result.output
+
+
+def test_package_level_load_is_the_dataset_loader():
+    import multilabel_imagenet
+    from multilabel_imagenet.dataset.loading import load
+
+    assert multilabel_imagenet.load is load
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        multilabel_imagenet.nothing  # noqa: B018
