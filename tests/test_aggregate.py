@@ -172,3 +172,19 @@ def test_prior_propagation_schemes():
     assert hard[sunglass] == hard[sunglasses] == hard[CAT] == 1 and hard.sum() == 3
     with pytest.raises(ValueError, match="calibrated Ambiguity"):
         aggregate.dense_target("local_soft+pairs", [sunglass], [0.9])
+
+
+def test_calibrate_on_real_maps_validation_names_to_real():
+    real = aggregate.real_label_sets()
+    assert len(real) == 50_000 and sum(1 for r in real if not r) == 3163
+    ids = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(300)]
+    scores = np.zeros((300, 1000), np.float32)
+    for i, labels in enumerate(real[:300]):
+        if labels:
+            scores[i, min(labels)] = 0.9  # a single-label prediction per image
+    pairs = aggregate.table8_pairs()
+    on_real = aggregate.calibrate_on_real(ids, scores, pairs=pairs)
+    direct = aggregate.calibrate_ambiguity(real[:300], scores, pairs=pairs)
+    assert on_real.to_dict() == direct.to_dict()
+    with pytest.raises(ValueError, match="not an ImageNet validation image"):
+        aggregate.calibrate_on_real(["n01440764_1"], scores[:1])

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from datasets import load_dataset
 from pycocotools import mask as mask_utils
 
+from multilabel_imagenet import classes
 from multilabel_imagenet.builder import pipeline, shards, synthetic
 from multilabel_imagenet.builder.labeler import LabelerConfig
 from multilabel_imagenet.cli import main
@@ -220,3 +221,16 @@ def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="no labeler checkpoint"):
         pipeline.Build(inputs, config, progress=False).label()
     assert np.isfinite(config.tau)
+
+
+def test_package_calibrates_ambiguity_on_real_when_asked(reference, config_file, tmp_path):
+    config = replace(pipeline.BuildConfig.load(config_file), ambiguity_calibration="real")
+    out = pipeline.package(reference.with_name(reference.name + "-work"), tmp_path / "dataset", config)
+    stored = json.loads((out / pipeline.AMBIGUITY_JSON).read_text())
+    assert len(stored["pairs"]) == 35 and stored["images"] > 0
+    from multilabel_imagenet.builder.aggregate import Ambiguity
+
+    assert Ambiguity.from_dict(stored).pairs[0] == (classes.index_of("n04355933"), classes.index_of("n04356056"))
+    assert not (reference / pipeline.AMBIGUITY_JSON).exists(), "the synthetic preset does not calibrate"
+    with pytest.raises(ValueError, match="ambiguity_calibration must be one of"):
+        replace(config, ambiguity_calibration="coco")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -247,6 +248,28 @@ def calibrate_ambiguity(
         rows.append({"n_a": n_a, "n_b": n_b, "n_ab": n_ab, "m_a": m_a, "m_b": m_b})
     details = {"tau": tau, "prior_normalisation": prior_normalisation, "images": len(truth_sets), "counts": rows}
     return Ambiguity(pairs, prior, tau_a, tau_b, details)
+
+
+def real_label_sets() -> list[set[int]]:
+    """ReaL (Beyer et al. 2020): the label set of each of the 50,000 validation images, from timm's copy."""
+    text = resources.files("timm.data._info").joinpath("imagenet_real_labels.json").read_text("utf-8")
+    return [set(labels) for labels in json.loads(text)]
+
+
+_VAL_ID = re.compile(r"^ILSVRC2012_val_(\d{8})$")
+
+
+def calibrate_on_real(image_ids: Sequence[str], scores: np.ndarray, **kwargs) -> Ambiguity:
+    """:func:`calibrate_ambiguity` with ReaL as the ground truth (the paper's calibration set, Supp. E):
+    ``image_ids`` are validation stems ``ILSVRC2012_val_XXXXXXXX`` and ``scores`` our Local-Soft vectors for them."""
+    real = real_label_sets()
+    truth = []
+    for image_id in image_ids:
+        match = _VAL_ID.match(image_id)
+        if match is None or not 1 <= int(match.group(1)) <= len(real):
+            raise ValueError(f"{image_id!r} is not an ImageNet validation image (ILSVRC2012_val_00000001..50000)")
+        truth.append(real[int(match.group(1)) - 1])
+    return calibrate_ambiguity(truth, scores, **kwargs)
 
 
 def _scatter(indices: torch.Tensor, values: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from multilabel_imagenet import images
+from multilabel_imagenet import classes, images
 from multilabel_imagenet.builder import aggregate, backbones, configs, labeler, maskcut, proposals, relabel_maps, shards
 from multilabel_imagenet.builder.labeler import LabelerConfig
 from multilabel_imagenet.dataset import schema, writer
@@ -32,6 +32,7 @@ SPLITS = ("train", "validation")
 STAGES = ("discover", "select", "train-labeler", "label", "package")
 SHARDED_STAGES = ("discover", "select", "label")
 CHECKPOINT = "labeler/head.safetensors"
+AMBIGUITY_JSON = "metadata/ambiguity.json"
 
 
 @dataclass
@@ -49,11 +50,23 @@ class BuildConfig:
     resample: str = "bilinear"  # how ReLabel maps meet masks (relabel_maps)
     labeler: dict = field(default_factory=lambda: asdict(LabelerConfig()))
     tau: float = aggregate.DEFAULT_TAU  # the `labels` column: Local-Hard at 0.5 (Table 5)
+    ambiguity_calibration: str = "real"  # Supp. E: calibrate on ReaL when the validation split is built; "none"
     shard_size: int = 1000  # images per shard file
     batch_size: int = 32  # images per backbone forward
     num_workers: int = 4  # decoding processes
     seed: int = 0
     weights: dict = field(default_factory=dict)  # backbone name -> local weights (safetensors file or folder)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "solver": ("exact", "fast"),
+            "select_mode": relabel_maps.SELECT_MODES,
+            "resample": relabel_maps.RESAMPLE_MODES,
+            "ambiguity_calibration": ("real", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def preset(cls, name: str) -> BuildConfig:
@@ -63,7 +76,12 @@ class BuildConfig:
             # Few samples: more epochs than the paper's schedule would give them; otherwise the paper's settings.
             demo_labeler = LabelerConfig(backbone="colour-texture", input_size=256, epochs=200, batch_size=32)
             return cls(
-                maskcut_preset="synthetic", labeler=asdict(demo_labeler), shard_size=32, batch_size=16, num_workers=0
+                maskcut_preset="synthetic",
+                ambiguity_calibration="none",
+                labeler=asdict(demo_labeler),
+                shard_size=32,
+                batch_size=16,
+                num_workers=0,
             )
         raise ValueError(f"unknown build preset {name!r}; known: paper, synthetic")
 
@@ -552,6 +570,13 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
         models=models,
     )
     writer.write_dataset(output, info, labels=labels_by_split, proposals=proposals_by_split)
+    if config.ambiguity_calibration == "real" and "validation" in labels_by_split:
+        rows = labels_by_split["validation"]
+        scores = np.zeros((len(rows), classes.NUM_CLASSES), dtype=np.float32)
+        for k, r in enumerate(rows):
+            scores[k, list(r.soft_classes)] = r.soft_scores
+        ambiguity = aggregate.calibrate_on_real([r.image_id for r in rows], scores, tau=config.tau)
+        (output / AMBIGUITY_JSON).write_text(json.dumps(ambiguity.to_dict(), indent=1) + "\n", encoding="utf-8")
     errors_path = output / "metadata" / "errors.jsonl"
     errors_path.write_text("".join(shards.dumps(e) + "\n" for e in errors), encoding="utf-8")
     return output
