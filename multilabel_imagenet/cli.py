@@ -120,6 +120,11 @@ def _build_options(command):
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Reuse a trained labeler (skips select and train-labeler).",
         ),
+        click.option(
+            "--proposals-from",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="CutLER's COCO JSON of MaskCut proposals: discover imports it instead of running MaskCut.",
+        ),
         click.option("--shard", help="I/N: process every N-th shard from I (SLURM arrays); package merges them."),
         click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True),
         click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto."),
@@ -150,6 +155,7 @@ def _make_build(opts: dict):
         layout=opts["layout"],
         labels=opts["labels"],
         labeler_checkpoint=opts["labeler_checkpoint"],
+        proposals_from=opts["proposals_from"],
         device=opts["device"],
     )
     return pipeline.Build(inputs, config, shard=opts["shard"], progress=not opts["quiet"])

@@ -234,3 +234,29 @@ def test_package_calibrates_ambiguity_on_real_when_asked(reference, config_file,
     assert not (reference / pipeline.AMBIGUITY_JSON).exists(), "the synthetic preset does not calibrate"
     with pytest.raises(ValueError, match="ambiguity_calibration must be one of"):
         replace(config, ambiguity_calibration="coco")
+
+
+def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
+    truth = [json.loads(line) for line in (scenes / "ground_truth" / "train.jsonl").read_text().splitlines()]
+    coco = {"images": [], "annotations": []}
+    for k, t in enumerate(truth[:-1]):  # the last image is missing from the file
+        # CutLER's published JSON swaps each image's width and height.
+        coco["images"].append({"id": k, "file_name": t["path"], "width": t["height"], "height": t["width"]})
+        for obj in t["objects"]:
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": k, "segmentation": obj["mask"]})
+    cutler = tmp_path / "imagenet_train_fixsize480_tau0.15_N3.json"
+    cutler.write_text(json.dumps(coco))
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(
+        main, ["build", *_train_args(scenes, out, config_file), "--proposals-from", str(cutler)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["image_id"]: r for r in load_dataset(str(out), "proposals", split="train")}
+    assert truth[-1]["image_id"] not in rows
+    for t in truth[:-1]:
+        row = rows[t["image_id"]]
+        assert (row["width"], row["height"]) == (t["width"], t["height"])
+        assert [m["counts"] for m in row["masks"]] == [o["mask"]["counts"] for o in t["objects"]]
+        assert {m["source"] for m in row["masks"]} == {cutler.stem}
+    errors = (out / "metadata" / "errors.jsonl").read_text()
+    assert truth[-1]["image_id"] in errors and cutler.name in errors

@@ -135,6 +135,7 @@ class BuildInputs:
     layout: str = "auto"
     labels: Path | None = None  # ground truth of a flat val folder
     labeler_checkpoint: Path | None = None  # reuse a trained labeler (a validation build reuses train's)
+    proposals_from: Path | None = None  # CutLER's COCO JSON of MaskCut proposals, used instead of running MaskCut
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -187,6 +188,7 @@ class Build:
         self.device = resolve_device(inputs.device)
         self._extractors: dict = {}
         self._head: tuple | None = None
+        self._imported: dict | None = None
         self.stage_seconds: dict[str, float] = {}
         self._check_work_dir()
 
@@ -199,6 +201,7 @@ class Build:
             "images": len(self.records),
             "first": self.records[0].path,
             "last": self.records[-1].path,
+            "proposals_from": None if self.inputs.proposals_from is None else str(self.inputs.proposals_from),
         }
         path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
         if path.is_file():
@@ -266,7 +269,30 @@ class Build:
         """The labeler's top-k classes for every proposal, and its whole-image prediction."""
         self.run_sharded("label")
 
+    def _imported_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
+        """Discover rows from an imported proposals file (CutLER's COCO JSON) instead of MaskCut."""
+        if self._imported is None:
+            from multilabel_imagenet.dataset import importers
+
+            imported = importers.read_cutler(self.inputs.proposals_from)
+            self._imported = {r.image_id: r for r in imported.records}
+        rows = []
+        for record in self.shards[i]:
+            found = self._imported.get(record.image_id)
+            if found is None:
+                rows.append(_base_row(record) | {"error": f"not in {self.inputs.proposals_from.name}"})
+                continue
+            masks = [
+                {"size": list(p.size), "counts": p.counts, "bbox": list(p.bbox), "area": p.area, "source": p.source}
+                for p in found.masks
+            ]
+            rows.append(_base_row(record) | {"width": found.width, "height": found.height, "proposals": masks})
+        tick(len(rows))
+        return rows
+
     def _discover_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
+        if self.inputs.proposals_from is not None:
+            return self._imported_shard(i, tick)
         cfgs = self.config.maskcut_configs()
         records = self.shards[i]
         rows: list[dict] = [{} for _ in records]
