@@ -83,10 +83,11 @@ PAPER: tuple[MaskCutConfig, ...] = (
 # imagenet_train_fixsize480_tau0.15_N3.json (REFERENCE.md section 4).
 CUTLER: tuple[MaskCutConfig, ...] = (PAPER[3],)
 
-# Deterministic, weight-free configuration for the synthetic demo and tests (8-pixel patches at 256 px give a
-# 32 x 32 grid). Its tau suits the colour/texture statistics of backbones.ColourTextureExtractor.
+# Deterministic, weight-free configuration for the synthetic demo and tests (OUR choice, not the paper's):
+# 8-pixel patches at 384 px give a 48 x 48 grid. tau = 0.85 suits the unit-vector statistics of
+# backbones.ColourTextureExtractor (swept 0.6-0.9 at 256 and 384 px on 64 scenes; docs/discover.md).
 SYNTHETIC: tuple[MaskCutConfig, ...] = (
-    MaskCutConfig("colour_texture", "colour-texture", "patch", 256, 0.5, 4, crf=True),
+    MaskCutConfig("colour_texture", "colour-texture", "patch", 384, 0.85, 4, crf=True),
 )
 
 PRESETS: dict[str, tuple[MaskCutConfig, ...]] = {"paper": PAPER, "cutler": CUTLER, "synthetic": SYNTHETIC}
