@@ -125,3 +125,11 @@ def test_fast_solver_on_cuda_matches_cpu():
     gpu = ncut.ncut_fast(ncut.affinity(f.cuda(), 0.15))
     for xc, xg in zip(cpu, gpu, strict=True):
         assert abs((xc / np.linalg.norm(xc)) @ (xg / np.linalg.norm(xg))) > 1 - 1e-8
+
+
+def test_fast_solver_hands_unconverged_graphs_to_the_exact_solver():
+    f = blob_features(10, 10, 16, seed=5)[None]
+    a = ncut.affinity(f, 0.15)
+    (x,) = ncut.ncut_fast(a, block=1, steps=1, max_cycles=1, tol=0.0)  # cannot converge in one 1-vector cycle
+    (xe,) = ncut.ncut_exact(a)
+    assert np.array_equal(x, xe)

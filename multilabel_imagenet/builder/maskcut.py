@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def maskcut_patches(
             if it >= 1 and (mask_iou(previous[i], mask) > DROP_IOU or mask.sum() <= DROP_AREA_FRACTION * t):
                 mask = np.zeros((h, w), dtype=bool)
             if mask.any():
-                feats[i, torch.from_numpy(mask.reshape(-1))] = 0.0
+                feats[i, torch.from_numpy(mask.reshape(-1)).to(feats.device)] = 0.0
                 changed.append(i)
             previous[i] = mask
             masks[i].append(mask)
@@ -157,7 +157,6 @@ class StepTimes:
     crf: float = 0.0
     encode: float = 0.0
     images: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"features": self.features, "cut": self.cut, "crf": self.crf, "encode": self.encode}

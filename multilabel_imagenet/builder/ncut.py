@@ -179,6 +179,7 @@ def ncut_fast(
             break
         v = ritz.gather(1, order[:, :b].unsqueeze(-1).expand(n, b, t))
     x = (s64.squeeze(1) * z).cpu().numpy()
+    converged = done.cpu().tolist()
     for j, i in enumerate(keep):
-        out[i] = x[j]
+        out[i] = x[j] if converged[j] else ncut_exact(a[i : i + 1])[0]
     return out
