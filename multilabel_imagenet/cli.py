@@ -464,3 +464,21 @@ def publish_command(folder: Path, repo_id: str, version: str, private: bool, dry
         click.echo(f"dry run: {commits} commit(s) and tag {plan.tag} would follow")
         return
     click.echo(f"{len(result.commits)} commit(s); tagged {plan.tag} on {result.tagged_commit}")
+
+
+# --- MaskCut configurations (library: multilabel_imagenet.builder.configs) ---
+
+
+@main.command("configs")
+@click.argument("preset", required=False, default="paper")
+def configs_command(preset: str) -> None:
+    """Print the MaskCut configurations of PRESET (paper, cutler, synthetic), one per line."""
+    from multilabel_imagenet.builder import configs
+
+    try:
+        chosen = configs.preset(preset)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("name\tbackbone\tfeature\tinput\ttau\tN\tCRF")
+    for c in chosen:
+        click.echo(f"{c.name}\t{c.backbone}\t{c.feature}\t{c.input_size}\t{c.tau}\t{c.n}\t{'on' if c.crf else 'off'}")

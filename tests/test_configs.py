@@ -1,0 +1,51 @@
+"""MaskCut configurations as data: the paper's preset, validation, and the `configs` command."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from multilabel_imagenet.builder import configs
+from multilabel_imagenet.cli import main
+
+
+def test_paper_preset_is_supp_a2():
+    rows = [(c.name, c.backbone, c.feature, c.input_size, c.tau, c.n, c.crf) for c in configs.preset("paper")]
+    assert rows == [
+        ("dinov3_b16", "vit_base_patch16_dinov3.lvd1689m", "v", 768, 0.35, 4, False),
+        ("dinov2_g14", "vit_giant_patch14_dinov2.lvd142m", "v", 672, 0.12, 3, True),
+        ("dinov2_l14", "vit_large_patch14_dinov2.lvd142m", "v", 448, 0.12, 3, True),
+        ("dino_b8", "vit_base_patch8_224.dino", "k", 480, 0.15, 3, True),
+    ]
+    assert configs.MaskCutConfig(**configs.PAPER[0].to_dict()) == configs.PAPER[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("feature", "x", "feature"), ("input_size", 0, "input_size"), ("tau", 1.5, "tau"), ("n", 0, "n must")],
+)
+def test_invalid_configurations_name_the_field(field, value, message):
+    kwargs = configs.PAPER[3].to_dict() | {field: value}
+    with pytest.raises(ValueError, match=message):
+        configs.MaskCutConfig(**kwargs)
+
+
+def test_unknown_preset_raises():
+    with pytest.raises(ValueError, match="unknown MaskCut preset"):
+        configs.preset("nope")
+
+
+def test_configs_command_prints_the_preset():
+    result = CliRunner().invoke(main, ["configs", "paper"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 5 and lines[4].split("\t") == [
+        "dino_b8",
+        "vit_base_patch8_224.dino",
+        "k",
+        "480",
+        "0.15",
+        "3",
+        "on",
+    ]
+    assert CliRunner().invoke(main, ["configs", "nope"]).exit_code != 0
