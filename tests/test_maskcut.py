@@ -238,3 +238,11 @@ def test_recall_on_synthetic_scenes_with_the_deterministic_extractor():
     all_hits = hits[True] + hits[False]
     assert np.mean(all_hits) >= 0.9, (np.mean(all_hits), np.mean(hits[False]), np.mean(hits[True]))
     assert np.mean(hits[False]) >= 0.95  # isolated objects: MaskCut's merging of touching ones does not apply
+
+
+def test_uniform_image_gives_no_proposal():
+    from multilabel_imagenet.builder import backbones, configs
+
+    (config,) = configs.preset("synthetic")
+    ex = backbones.load_backbone(config.backbone, config.feature)
+    assert maskcut.discover([np.full((50, 70, 3), 90, np.uint8)], config, ex) == [[]]
