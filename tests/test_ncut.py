@@ -133,3 +133,14 @@ def test_fast_solver_hands_unconverged_graphs_to_the_exact_solver():
     (x,) = ncut.ncut_fast(a, block=1, steps=1, max_cycles=1, tol=0.0)  # cannot converge in one 1-vector cycle
     (xe,) = ncut.ncut_exact(a)
     assert np.array_equal(x, xe)
+
+
+@pytest.mark.parametrize("t", [1, 3, 7, 50])
+def test_affinity_equals_the_thresholded_full_gram_matrix_and_is_symmetric(t):
+    f = torch.randn(2, t, 6)
+    f[0, 0] = 0.0  # a masked patch
+    n = torch.nn.functional.normalize(f, dim=-1)
+    expected = torch.where(n @ n.mT > 0.1, 1.0, ncut.EPS)
+    a = ncut.affinity(f, 0.1)
+    assert torch.equal(a, a.mT)
+    assert (a != expected).sum() <= 2  # float rounding right at tau could flip a symmetric pair at most
