@@ -260,3 +260,13 @@ def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
         assert {m["source"] for m in row["masks"]} == {cutler.stem}
     errors = (out / "metadata" / "errors.jsonl").read_text()
     assert truth[-1]["image_id"] in errors and cutler.name in errors
+
+
+def test_crf_in_a_process_pool_gives_the_same_proposals(reference, scenes, config_file, tmp_path):
+    config = replace(pipeline.BuildConfig.load(config_file), crf_workers=2)
+    inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work")
+    pipeline.Build(inputs, config, progress=False).run(("discover",))
+    ours = sorted((tmp_path / "work" / "discover" / "train").glob("*.jsonl"))
+    theirs = sorted((reference.with_name(reference.name + "-work") / "discover" / "train").glob("*.jsonl"))
+    assert [p.name for p in ours] == [p.name for p in theirs]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs, strict=True))

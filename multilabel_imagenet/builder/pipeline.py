@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class BuildConfig:
     shard_size: int = 1000  # images per shard file
     batch_size: int = 32  # images per backbone forward
     num_workers: int = 4  # decoding processes
+    crf_workers: int = 4  # processes refining masks (CRF) while the backbone runs the next batch; 0 = inline
     seed: int = 0
     weights: dict = field(default_factory=dict)  # backbone name -> local weights (safetensors file or folder)
 
@@ -78,6 +81,7 @@ class BuildConfig:
             return cls(
                 maskcut_preset="synthetic",
                 ambiguity_calibration="none",
+                crf_workers=0,
                 labeler=asdict(demo_labeler),
                 shard_size=32,
                 batch_size=16,
@@ -189,6 +193,7 @@ class Build:
         self._extractors: dict = {}
         self._head: tuple | None = None
         self._imported: dict | None = None
+        self._pool: ProcessPoolExecutor | None = None
         self.stage_seconds: dict[str, float] = {}
         self._check_work_dir()
 
@@ -224,6 +229,12 @@ class Build:
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="img", disable=not self.progress, dynamic_ncols=True)
+
+    def _crf_pool(self) -> ProcessPoolExecutor | None:
+        """The process pool for CRF refinement (``crf_workers`` processes, started on first use)."""
+        if self.config.crf_workers > 0 and self._pool is None:
+            self._pool = ProcessPoolExecutor(self.config.crf_workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
 
     def _extractor(self, backbone: str, feature: str) -> backbones.Extractor:
         key = (backbone, feature)
@@ -304,7 +315,13 @@ class Build:
             batch_images = [img for _, img in ok]
             per_config = (
                 [
-                    maskcut.discover(batch_images, c, self._extractor(c.backbone, c.feature), solver=self.config.solver)
+                    maskcut.discover(
+                        batch_images,
+                        c,
+                        self._extractor(c.backbone, c.feature),
+                        solver=self.config.solver,
+                        executor=self._crf_pool(),
+                    )
                     for c in cfgs
                 ]
                 if ok
@@ -443,6 +460,14 @@ class Build:
     def run(self, stages: Sequence[str] = STAGES, sharded: Callable[[str], None] | None = None) -> None:
         """Run ``stages`` in order (select and train-labeler only on train, and only without a checkpoint).
         ``sharded(name)`` runs a sharded stage elsewhere (the Ray runner); by default here, shard by shard."""
+        try:
+            self._run(stages, sharded)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def _run(self, stages: Sequence[str], sharded: Callable[[str], None] | None) -> None:
         for name in stages:
             if name in ("select", "train-labeler") and (
                 self.inputs.split != "train" or self.inputs.labeler_checkpoint is not None
