@@ -23,17 +23,7 @@ import torch
 
 from multilabel_imagenet.builder import maskcut, ncut
 from multilabel_imagenet.builder.crf import mask_iou
-
-
-def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    f = torch.randn(d, generator=g).expand(h, w, d).clone()
-    for _ in range(1 + seed % 4):
-        cy, cx = torch.randint(0, h, (2,), generator=g)
-        r = torch.randint(max(2, h // 8), max(3, h // 2), (1,), generator=g)
-        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
-    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
+from multilabel_imagenet.builder.synthetic import blob_features
 
 
 def timed(fn, *args):

@@ -10,20 +10,9 @@ from scipy import ndimage
 
 from multilabel_imagenet.builder import maskcut, ncut
 from multilabel_imagenet.builder.crf import mask_iou
+from multilabel_imagenet.builder.synthetic import blob_features
 
 RECALL_SCENES = 32
-
-
-def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8) -> torch.Tensor:
-    """(h*w, d) features: a background vector, 1-4 discs (some may touch borders or corners), noise."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    f = torch.randn(d, generator=g).expand(h, w, d).clone()
-    for _ in range(1 + seed % 4):
-        cy, cx = torch.randint(0, h, (2,), generator=g)
-        r = torch.randint(max(2, h // 8), max(3, h // 2), (1,), generator=g)
-        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
-    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
 
 
 def published_maskcut(feats: np.ndarray, dims: tuple[int, int], tau: float, n: int, sign: float) -> list[np.ndarray]:

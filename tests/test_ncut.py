@@ -8,18 +8,11 @@ import scipy.linalg
 import torch
 
 from multilabel_imagenet.builder import ncut
+from multilabel_imagenet.builder.synthetic import blob_features as _blob_features
 
 
-def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8) -> torch.Tensor:
-    """(h*w, d) features: a background vector plus 1-4 discs of their own vectors, plus Gaussian noise."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    f = torch.randn(d, generator=g).expand(h, w, d).clone()
-    for _ in range(1 + seed % 4):
-        cy, cx = torch.randint(0, h, (2,), generator=g)
-        r = torch.randint(max(2, h // 8), max(3, h // 3), (1,), generator=g)
-        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
-    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
+def blob_features(h: int, w: int, d: int, seed: int) -> torch.Tensor:
+    return _blob_features(h, w, d, seed, max_radius=1 / 3)
 
 
 def generalised_residual(a: np.ndarray, x: np.ndarray) -> tuple[float, float]:

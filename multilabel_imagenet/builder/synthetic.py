@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from multilabel_imagenet import classes
@@ -368,3 +369,17 @@ def label_quality(predicted: dict[str, Iterable[int]], ground_truth: str | Path)
         "secondary_objects": secondary,
         "secondary_recall": secondary_found / secondary if secondary else 0.0,
     }
+
+
+def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8, max_radius: float = 0.5) -> torch.Tensor:
+    """A synthetic (h*w, d) patch-feature map for solver tests and benchmarks: a background vector, 1-4 discs
+    (radius up to ``max_radius`` of the height; some touch borders or corners) with vectors of their own, and
+    Gaussian noise. Deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    f = torch.randn(d, generator=g).expand(h, w, d).clone()
+    for _ in range(1 + seed % 4):
+        cy, cx = torch.randint(0, h, (2,), generator=g)
+        r = torch.randint(max(2, h // 8), max(3, int(h * max_radius)), (1,), generator=g)
+        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
+    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)

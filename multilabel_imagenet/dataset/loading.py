@@ -306,7 +306,28 @@ class _ItemBuilder:
         return item
 
 
-class TrainingDataset(torch.utils.data.Dataset):
+class _TargetItems:
+    """What both training datasets share: the item builder over a ``labels`` split (see :class:`TrainingDataset`)."""
+
+    def __init__(
+        self,
+        labels: datasets.Dataset | datasets.IterableDataset,
+        scheme: str = aggregate.DEFAULT_SCHEME,
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        proposals: datasets.Dataset | None = None,
+        crop: RandomResizedCropWithBox | None = None,
+        target_dtype: torch.dtype = torch.float32,
+        ambiguity: aggregate.Ambiguity | None = None,
+        columns: Sequence[str] = (),
+    ):
+        self._build = _ItemBuilder(
+            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
+        )
+        self.labels = labels.with_format("arrow")
+
+
+class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
     """Items ``{"image", "target", "label", "image_id"}`` from a ``labels`` split for a DataLoader.
 
     ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
@@ -317,23 +338,6 @@ class TrainingDataset(torch.utils.data.Dataset):
     stored dtype.
     """
 
-    def __init__(
-        self,
-        labels: datasets.Dataset,
-        scheme: str = aggregate.DEFAULT_SCHEME,
-        transform: Callable[[Image.Image], Any] | None = None,
-        *,
-        proposals: datasets.Dataset | None = None,
-        crop: RandomResizedCropWithBox | None = None,
-        target_dtype: torch.dtype = torch.float32,
-        ambiguity: aggregate.Ambiguity | None = None,
-        columns: Sequence[str] = (),
-    ):
-        self._build = _ItemBuilder(
-            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
-        )
-        self.labels = labels.with_format("arrow")
-
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -341,29 +345,12 @@ class TrainingDataset(torch.utils.data.Dataset):
         return self._build(_row(self.labels[index]))
 
 
-class StreamingTrainingDataset(torch.utils.data.IterableDataset):
+class StreamingTrainingDataset(_TargetItems, torch.utils.data.IterableDataset):
     """The items of :class:`TrainingDataset` from a streamed ``labels`` split (``load(..., streaming=True)``).
 
     Same options; ``proposals`` (for crop-aware targets) stays a map-style split. In DataLoader workers, datasets
     gives each worker its own shards, which is why the published shard counts divide evenly.
     """
-
-    def __init__(
-        self,
-        labels: datasets.IterableDataset,
-        scheme: str = aggregate.DEFAULT_SCHEME,
-        transform: Callable[[Image.Image], Any] | None = None,
-        *,
-        proposals: datasets.Dataset | None = None,
-        crop: RandomResizedCropWithBox | None = None,
-        target_dtype: torch.dtype = torch.float32,
-        ambiguity: aggregate.Ambiguity | None = None,
-        columns: Sequence[str] = (),
-    ):
-        self._build = _ItemBuilder(
-            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
-        )
-        self.labels = labels.with_format("arrow")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for table in self.labels:
