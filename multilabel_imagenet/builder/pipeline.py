@@ -51,7 +51,6 @@ class BuildConfig:
     add_full_image: bool = False  # authors' variant only
     resample: str = "bilinear"  # how ReLabel maps meet masks (relabel_maps)
     labeler: dict = field(default_factory=lambda: asdict(LabelerConfig()))
-    tau: float = aggregate.DEFAULT_TAU  # the `labels` column: Local-Hard at 0.5 (Table 5)
     ambiguity_calibration: str = "real"  # Supp. E: calibrate on ReaL when the validation split is built; "none"
     shard_size: int = 1000  # images per shard file
     batch_size: int = 32  # images per backbone forward
@@ -502,7 +501,9 @@ class Build:
                 shares = ", ".join(
                     f"k{'=' if k[0].isdigit() else ''}{k}: {100 * v:.1f}%" for k, v in dist.items() if k != "mean"
                 )
-                lines.append(f"  labels per image (score > {self.config.tau}): {shares}; mean {dist['mean']:.2f}")
+                lines.append(
+                    f"  labels per image (score > {schema.LABEL_THRESHOLD}): {shares}; mean {dist['mean']:.2f}"
+                )
             errors = self.inputs.output / "metadata" / "errors.jsonl"
             if errors.is_file():
                 lines.append(f"  errors recorded: {len(errors.read_text().splitlines())} (in {errors})")
@@ -626,7 +627,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
         scores = np.zeros((len(rows), classes.NUM_CLASSES), dtype=np.float32)
         for k, r in enumerate(rows):
             scores[k, list(r.soft_classes)] = r.soft_scores
-        ambiguity = aggregate.calibrate_on_real([r.image_id for r in rows], scores, tau=config.tau)
+        ambiguity = aggregate.calibrate_on_real([r.image_id for r in rows], scores, tau=schema.LABEL_THRESHOLD)
         (output / AMBIGUITY_JSON).write_text(json.dumps(ambiguity.to_dict(), indent=1) + "\n", encoding="utf-8")
     errors_path = output / "metadata" / "errors.jsonl"
     errors_path.write_text("".join(shards.dumps(e) + "\n" for e in errors), encoding="utf-8")
