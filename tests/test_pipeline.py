@@ -215,6 +215,7 @@ def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
     pipeline.Build(inputs, config, progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pipeline.Build(inputs, replace(config, tau_sel=0.5), progress=False)
+    pipeline.Build(inputs, replace(config, num_workers=3, crf_workers=2), progress=False)  # speed only: accepted
     with pytest.raises(ValueError, match="relabel-maps"):
         pipeline.Build(inputs, config, progress=False).select()
     with pytest.raises(FileNotFoundError, match="no labeler checkpoint"):

@@ -33,6 +33,8 @@ from multilabel_imagenet.dataset import schema, writer
 SPLITS = ("train", "validation")
 STAGES = ("discover", "select", "train-labeler", "label", "package")
 SHARDED_STAGES = ("discover", "select", "label")
+RUNTIME_SETTINGS = ("num_workers", "crf_workers")
+"""Settings that change how fast a build runs, never its results: a work directory may resume with others."""
 CHECKPOINT = "labeler/head.safetensors"
 AMBIGUITY_JSON = "metadata/ambiguity.json"
 
@@ -201,7 +203,7 @@ class Build:
     def _check_work_dir(self) -> None:
         """Refuse to mix shards of different configurations or image lists in one work directory."""
         stamp = {
-            "config": asdict(self.config),
+            "config": {k: v for k, v in asdict(self.config).items() if k not in RUNTIME_SETTINGS},
             "images": len(self.records),
             "first": self.records[0].path,
             "last": self.records[-1].path,
