@@ -233,6 +233,49 @@ def build_config_command(preset: str, fmt: str) -> None:
     click.echo(pipeline.BuildConfig.preset(preset).dumps(fmt), nl=False)
 
 
+@main.command("filter-proposals")
+@click.argument("coco_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--images",
+    "images_root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the COCO file's file_name entries are relative to.",
+)
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
+)
+@click.option(
+    "--min-score",
+    default=0.5,
+    show_default=True,
+    help="Drop masks whose top-1 probability is lower (the paper: 0.3 or 0.5).",
+)
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", default="cpu", show_default=True)
+def filter_proposals_command(
+    coco_json: Path, images_root: Path, checkpoint: Path, min_score: float, output: Path, device: str
+) -> None:
+    """Drop proposals of a CutLER-style COCO JSON that the region labeler is unsure of (paper Supp. F.4)."""
+    from multilabel_imagenet.builder import filter_proposals
+
+    n_images = len(json.loads(coco_json.read_text(encoding="utf-8"))["images"])
+    try:
+        with tqdm(total=n_images, unit="img", desc="filter") as bar:
+            stats = filter_proposals.filter_coco(
+                coco_json, images_root, checkpoint, min_score, output, device, progress=bar.update
+            )
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"{stats['removed']} of {stats['masks']} masks removed ({100 * stats['removed_fraction']:.1f}%), "
+        f"{stats['kept']} kept; {stats['images_not_decoded']} images could not be decoded; wrote {output}"
+    )
+
+
 # --- evaluation: `evaluate` and the `benchmarks` group (library: multilabel_imagenet.evaluation) ---
 
 
