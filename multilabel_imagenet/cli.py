@@ -276,6 +276,34 @@ def filter_proposals_command(
     )
 
 
+@main.command("label-maps")
+@click.option("--images", "images_root", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--layout", type=click.Choice(images.LAYOUTS), default="auto", show_default=True)
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", default=15, show_default=True, help="Cells per side (ReLabel: 15).")
+@click.option("--device", default="cpu", show_default=True)
+def label_maps_command(images_root: Path, layout: str, checkpoint: Path, output: Path, size: int, device: str) -> None:
+    """Write ReLabel-style [2, 5, S, S] label maps computed by our labeler, one .pt per image (Supp. F.3)."""
+    from multilabel_imagenet.builder import label_maps
+
+    try:
+        records = images.open_source(images_root, layout)
+        with tqdm(total=len(records), unit="img", desc="label maps") as bar:
+            stats = label_maps.write_label_maps(records, checkpoint, output, size, device, progress=bar.update)
+    except (ValueError, FileNotFoundError, images.SourceError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"{stats['written']} maps written, {stats['already_there']} already there, {stats['failed']} images "
+        f"failed (listed in {output / 'errors.jsonl'})"
+    )
+
+
 # --- evaluation: `evaluate` and the `benchmarks` group (library: multilabel_imagenet.evaluation) ---
 
 

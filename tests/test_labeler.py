@@ -224,3 +224,22 @@ def test_train_online_runs_with_a_frozen_extractor():
         for f, s in zip(feats, samples, strict=True)
     ]
     assert np.mean(np.array(preds) == np.array([s[2] for s in samples])) >= 0.9
+
+
+def test_label_map_is_relabel_format_and_follows_the_cells(tmp_path):
+    from multilabel_imagenet.builder import relabel_maps
+
+    torch.manual_seed(0)
+    head = labeler.LabelerHead(8, 16, 1000)
+    feats = torch.randn(32, 32, 8)
+    out = labeler.label_map(head, feats)
+    assert out.shape == (2, 5, 15, 15) and out.dtype == np.float32
+    path = tmp_path / "map.pt"
+    torch.save(torch.from_numpy(out), path)
+    np.testing.assert_array_equal(relabel_maps.read_map(path), out)
+    # Cell (row 2, column 11) is the head on the mean of the patches that adaptive pooling assigns to it.
+    rows, cols = slice(4, 7), slice(23, 26)  # floor(2*32/15)..ceil(3*32/15), floor(11*32/15)..ceil(12*32/15)
+    logits = head(feats[rows, cols].reshape(-1, 8).mean(0, keepdim=True))[0]
+    top = logits.topk(5)
+    np.testing.assert_allclose(out[0, :, 2, 11], top.values.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[1, :, 2, 11], top.indices.numpy().astype(np.float32))

@@ -519,3 +519,18 @@ def label_image(
         mask_scores = np.zeros((0, config.top_k), np.float32)
     global_classes, global_scores = top_k(head, global_pool(features[None]), config.top_k)
     return ImageLabels(mask_classes, mask_scores, global_classes[0], global_scores[0])
+
+
+@torch.no_grad()
+def label_map(head: LabelerHead, features: torch.Tensor, size: int = 15, k: int = 5) -> np.ndarray:
+    """A ReLabel-format map from our labeler (paper Supp. F.3): the patch tokens [h, w, d] average-pooled to a
+    ``size`` x ``size`` grid of cells, the head applied to each cell, and per cell the top-``k`` logits and their
+    class indices as floats -> float32 [2, k, size, size] (rows = image rows), readable by
+    :func:`multilabel_imagenet.builder.relabel_maps.read_map` for the default 15 x 15, top-5."""
+    head.eval()
+    param = next(head.parameters())
+    cells = F.adaptive_avg_pool2d(features.float().permute(2, 0, 1)[None], size)[0]  # [d, S, S]
+    logits = head(cells.flatten(1).T.to(param.device, param.dtype)).float()  # [S*S, classes]
+    top, idx = logits.topk(k, dim=1)
+    out = torch.stack([top.T, idx.T.float()]).reshape(2, k, size, size)
+    return out.cpu().numpy().astype(np.float32)
