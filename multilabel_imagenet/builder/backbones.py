@@ -64,6 +64,16 @@ def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[t
     return (x - mean) / std, resized
 
 
+@torch.no_grad()
+def patch_tokens(
+    extractor: Extractor, images: Sequence[Image.Image | np.ndarray], size: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Resize and normalise ``images`` (:func:`preprocess`), run ``extractor`` on ``device``: float32 patch
+    features [B, h, w, d] on the CPU."""
+    x, _ = preprocess(images, size)
+    return extractor(x.to(device)).float().cpu()
+
+
 def _check_input(images: torch.Tensor, patch: int) -> tuple[int, int]:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")

@@ -20,21 +20,14 @@ from pycocotools import mask as mask_utils
 
 from multilabel_imagenet import images
 from multilabel_imagenet.builder import backbones, labeler
+from multilabel_imagenet.dataset import importers
 
 MIN_SCORES = (0.3, 0.5)
 """The thresholds of the paper's Supp. F.4."""
 
 
 def _decode(segmentation, height: int, width: int, where: str) -> np.ndarray:
-    if isinstance(segmentation, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
-    else:
-        raise ValueError(f"{where}: segmentation must be polygons or RLE")
-    mask = mask_utils.decode(rle).astype(bool)
+    mask = mask_utils.decode(importers.coco_rle(segmentation, height, width, where)).astype(bool)
     if mask.shape != (height, width):
         raise ValueError(f"{where}: mask is {mask.shape[0]}x{mask.shape[1]}, the image {height}x{width} (h x w)")
     return mask
@@ -75,9 +68,7 @@ def filter_coco(
             continue
         h, w = image.shape[:2]
         masks = np.stack([_decode(a["segmentation"], h, w, f"{coco_path}: annotation {a.get('id')}") for a in anns])
-        x, _ = backbones.preprocess([image], config.input_size)
-        with torch.no_grad():
-            features = extractor(x.to(device)).float().cpu()[0]
+        features = backbones.patch_tokens(extractor, [image], config.input_size, device)[0]
         result = labeler.label_image(head, features, masks, config)
         for ann, cls, score in zip(anns, result.mask_classes[:, 0], result.mask_scores[:, 0], strict=True):
             if score >= min_score:

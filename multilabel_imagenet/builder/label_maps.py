@@ -44,9 +44,7 @@ def write_label_maps(
         if failure is not None:
             errors.append(failure.to_dict())
             continue
-        x, _ = backbones.preprocess([np.asarray(image)], config.input_size)
-        with torch.no_grad():
-            features = extractor(x.to(device)).float().cpu()[0]
+        features = backbones.patch_tokens(extractor, [np.asarray(image)], config.input_size, device)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         torch.save(torch.from_numpy(labeler.label_map(head, features, size)), tmp)

@@ -395,8 +395,9 @@ class Build:
 
     def _patch_features(self, batch_images: list[np.ndarray], config: LabelerConfig) -> torch.Tensor:
         """The labeler backbone's final patch tokens [B, h, w, d] (float32, on the CPU)."""
-        x, _ = backbones.preprocess(batch_images, config.input_size)
-        return self._extractor(config.backbone, "patch")(x.to(self.device)).float().cpu()
+        return backbones.patch_tokens(
+            self._extractor(config.backbone, "patch"), batch_images, config.input_size, self.device
+        )
 
     def train_labeler(self) -> Path:
         """Pool the selected samples' features (cached per shard), then train the head (resumable)."""

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from multilabel_imagenet import classes
+from multilabel_imagenet.builder import proposals
 
 RELABEL_GRID = 15
 """ReLabel label maps are 15 x 15 (Yun et al. 2021; REFERENCE.md section 2)."""
@@ -273,10 +274,8 @@ def relabel_map(scene: Scene, noise: float = 0.5, seed: int = 0) -> np.ndarray:
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    encoded = proposals.encode(mask, source="ground_truth")  # visible masks are never empty
+    return {"size": list(encoded.size), "counts": encoded.counts}
 
 
 def write_mini_imagenet(

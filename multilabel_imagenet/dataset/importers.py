@@ -136,7 +136,7 @@ class CutlerImport:
     masks_per_image: Counter = field(default_factory=Counter)
 
 
-def _rle(segmentation, height: int, width: int, where: str) -> dict:
+def coco_rle(segmentation, height: int, width: int, where: str) -> dict:
     """A COCO compressed RLE ``{"size", "counts": bytes}`` from any COCO segmentation form."""
     from pycocotools import mask as mask_utils
 
@@ -175,7 +175,7 @@ def read_cutler(path: str | Path, source: str | None = None) -> CutlerImport:
         if ann.get("image_id") not in images:
             raise ImportFormatError(f"{where}: image_id {ann.get('image_id')!r} is not in `images`")
         image_id, width, height = images[ann["image_id"]]
-        rle = _rle(ann.get("segmentation"), height, width, where)
+        rle = coco_rle(ann.get("segmentation"), height, width, where)
         size = tuple(int(v) for v in rle["size"])
         if size not in ((height, width), (width, height)):
             raise ImportFormatError(
