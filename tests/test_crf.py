@@ -1,12 +1,14 @@
-"""Dense-CRF refinement (real pydensecrf) and the refinement self-check."""
+"""Dense-CRF refinement (real pydensecrf, and the torch CRF against it) and the refinement self-check."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from multilabel_imagenet.builder import crf, maskcut
+from multilabel_imagenet.builder import crf, maskcut, synthetic
 from multilabel_imagenet.builder.configs import CRFParams
+from multilabel_imagenet.builder.permutohedral import Lattice
 
 
 def disc_image(size: int = 96, patch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,3 +60,84 @@ def test_bad_inputs_raise():
         crf.dense_crf(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="differs"):
         crf.dense_crf(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), bool))
+
+
+# --- the torch CRF and its permutohedral lattice -------------------------------------------------------------
+
+
+def test_lattice_approximates_the_normalised_gaussian_filter():
+    g = torch.Generator().manual_seed(0)
+    points, values = torch.rand(400, 2, generator=g) * 6, torch.rand(400, 3, generator=g)
+    lattice = Lattice(points)
+    ours = lattice.filter(values) / lattice.filter(torch.ones(400, 1))
+    k = torch.exp(-0.5 * torch.cdist(points.double(), points.double()) ** 2)
+    exact = (k @ values.double()) / k.sum(1, keepdim=True)
+    assert (ours - exact).abs().max() < 0.03
+    assert (ours - exact).abs().mean() < 0.005 < exact.std() / 4
+
+
+def test_lattice_groups_never_interact():
+    g = torch.Generator().manual_seed(1)
+    points = torch.rand(300, 5, generator=g) * 4
+    values = torch.rand(600, 2, generator=g)
+    both = Lattice(torch.cat([points, points]), torch.arange(2).repeat_interleave(300)).filter(values)
+    alone = Lattice(points)
+    assert torch.allclose(both[:300], alone.filter(values[:300]), atol=1e-6)
+    assert torch.allclose(both[300:], alone.filter(values[300:]), atol=1e-6)
+
+
+def test_lattice_rejects_bad_points():
+    with pytest.raises(ValueError, match="non-empty"):
+        Lattice(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        Lattice(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_torch_crf_equals_pydensecrf_on_the_disc():
+    image, disc, raw = disc_image()
+    ours = crf.dense_crf_torch(torch.from_numpy(image)[None], torch.from_numpy(raw)[None, None])[0, 0].numpy()
+    assert crf.mask_iou(ours, crf.dense_crf(image, raw)) > 0.99
+    assert crf.mask_iou(ours, disc) > crf.mask_iou(raw, disc) + 0.03
+
+
+def test_torch_crf_agrees_with_pydensecrf_on_photographs_and_scenes():
+    """The agreement of benchmarks/crf_agreement.py (there: mean IoU >= 0.95 required), on a smaller set."""
+    pytest.importorskip("skimage", reason="scikit-image (dev extra) ships the photographs")
+    cases = synthetic.crf_cases(3, ("astronaut", "coffee", "retina", "immunohistochemistry"), size=256)
+    ious = []
+    for _, image, masks in cases:
+        ours = crf.dense_crf_torch(torch.from_numpy(image)[None], torch.from_numpy(np.stack(masks))[None])[0]
+        for m, o in zip(masks, ours.numpy(), strict=True):
+            reference = crf.dense_crf(image, m)
+            ious.append(1.0 if not (reference.any() or o.any()) else crf.mask_iou(reference, o))
+    assert len(ious) >= 14
+    assert np.mean(ious) >= 0.95 and min(ious) >= 0.8, ious
+
+
+def test_torch_crf_batches_images_and_masks_independently():
+    image, _, raw = disc_image()
+    other = np.ascontiguousarray(image[::-1, ::-1])
+    masks = torch.from_numpy(np.stack([raw, np.zeros_like(raw)]))
+    images = torch.from_numpy(np.stack([image, other]))
+    batched = crf.dense_crf_torch(images, torch.stack([masks, masks.flip(0)]))
+    one = crf.dense_crf_torch(images[:1], masks[:1, None])[0, 0]
+    assert torch.equal(batched[0, 0], one)
+    assert not batched[0, 1].any() and not batched[1, 0].any()  # padding stays empty
+    assert torch.equal(batched[1, 1], crf.dense_crf_torch(images[1:], masks[None, :1])[0, 0])
+
+
+def test_torch_crf_bad_inputs_raise():
+    with pytest.raises(ValueError, match="uint8"):
+        crf.dense_crf_torch(torch.zeros(1, 4, 4, 3), torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="B x K x H x W"):
+        crf.dense_crf_torch(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), torch.zeros(1, 4, 5, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_crf_on_cuda_matches_the_cpu():
+    image, _, raw = disc_image(192)
+    images, masks = torch.from_numpy(image)[None], torch.from_numpy(raw)[None, None]
+    cpu = crf.dense_crf_torch(images, masks)
+    cuda = crf.dense_crf_torch(images.cuda(), masks.cuda())
+    assert cuda.is_cuda and crf.mask_iou(cpu.numpy()[0, 0], cuda.cpu().numpy()[0, 0]) > 0.99

@@ -42,11 +42,8 @@ class Extractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Step 1: resize to size x size (LANCZOS, aspect ratio ignored), ImageNet mean/std.
-
-    Returns the normalised batch (B, 3, size, size) and the resized RGB images (uint8, for the CRF).
-    """
+def resize(images: Sequence[Image.Image | np.ndarray], size: int) -> list[np.ndarray]:
+    """Step 1, first half: each image resized to size x size (LANCZOS, aspect ratio ignored), RGB uint8."""
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     resized = []
@@ -55,13 +52,26 @@ def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[t
             if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
                 raise ValueError(f"image {i}: expected H x W x 3 uint8 array, got {im.shape} {im.dtype}")
             im = Image.fromarray(im)
-        resized.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)))
+        resized.append(np.array(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)))
     if not resized:
         raise ValueError("no images given")
-    x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, resized
+    return resized
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """Step 1, second half: a (B, H, W, 3) uint8 batch -> (B, 3, H, W) float32 with ImageNet mean/std, on the
+    batch's device."""
+    x = batch.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Step 1: :func:`resize` then :func:`normalise`. Returns the normalised batch (B, 3, size, size) and the
+    resized RGB images (uint8, for the CRF)."""
+    resized = resize(images, size)
+    return normalise(torch.from_numpy(np.stack(resized))), resized
 
 
 @torch.no_grad()

@@ -1,12 +1,23 @@
-"""Dense-CRF refinement of a MaskCut mask and the post-refinement self-check (REFERENCE.md section 1 step 9)."""
+"""Dense-CRF refinement of MaskCut masks and the post-refinement self-check (REFERENCE.md section 1 step 9).
+
+Two implementations of the same fully connected CRF (Kraehenbuehl & Koltun 2011) with the published parameters:
+
+* :func:`dense_crf` — pydensecrf, one mask at a time on one CPU core: the published code, the exact reference;
+* :func:`dense_crf_torch` — torch, batched over images and masks, on the CPU or CUDA. Same unaries, kernels,
+  Potts compatibilities, symmetric kernel normalisation and mean-field updates, with the message passing on
+  the same permutohedral-lattice approximation (:mod:`permutohedral`); its masks agree with pydensecrf's
+  (benchmarks/crf_agreement.py, pinned by tests/test_crf.py).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
+import torch
 from scipy import ndimage
 
 from multilabel_imagenet.builder.configs import CRFParams
+from multilabel_imagenet.builder.permutohedral import Lattice
 
 # A refined mask that overlaps its raw mask with IoU below this is dropped (REFERENCE.md section 1 step 9).
 SELF_CHECK_IOU = 0.5
@@ -49,12 +60,71 @@ def dense_crf(image: np.ndarray, mask: np.ndarray, params: CRFParams | None = No
     return q.argmax(axis=0).astype(bool)
 
 
+def _normaliser(lattice: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
+    """pydensecrf's NORMALIZE_SYMMETRIC: n = 1 / sqrt(K 1) per point, and the filtered constant n K(n 1)."""
+    ones = torch.ones(lattice.num_points, 1, device=lattice.offsets.device)
+    norm = 1.0 / torch.sqrt(lattice.filter(ones) + 1e-20)
+    return norm, norm * lattice.filter(norm)
+
+
+@torch.no_grad()
+def dense_crf_torch(images: torch.Tensor, masks: torch.Tensor, params: CRFParams | None = None) -> torch.Tensor:
+    """Refine K binary masks on each of B images at once: ``images`` (B, H, W, 3) uint8, ``masks`` (B, K, H, W)
+    bool, both on the device to run on; returns bool (B, K, H, W) there.
+
+    Mean-field inference of :func:`dense_crf`'s CRF. With two labels and Potts compatibilities only the
+    foreground marginal q is needed: the background's filtered marginal is K(n) - K(n q) by linearity, so
+    each update is q <- sigmoid(u + sum_k w_k (2 n_k K_k(n_k q) - n_k K_k(n_k))), u the unary logit difference.
+    The Gaussian kernel's lattice depends only on pixel positions and is shared by the whole batch; each image
+    has its own bilateral lattice. All-empty masks (padding) stay empty.
+    """
+    params = params or CRFParams()
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be B x H x W x 3 uint8, got {tuple(images.shape)} {images.dtype}")
+    b, h, w, _ = images.shape
+    if masks.ndim != 4 or masks.shape[0] != b or tuple(masks.shape[2:]) != (h, w):
+        raise ValueError(f"masks must be B x K x H x W = {b} x K x {h} x {w}, got {tuple(masks.shape)}")
+    k, device = masks.shape[1], images.device
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    xy = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)  # pydensecrf's feature order: x, y
+    gauss_lattice = Lattice(xy / params.gaussian_sxy)
+    gauss_norm, gauss_ones = _normaliser(gauss_lattice)
+    rgb = images.reshape(b * h * w, 3).float() / params.bilateral_srgb
+    position = (xy / params.bilateral_sxy).repeat(b, 1)
+    groups = torch.arange(b, device=device).repeat_interleave(h * w)
+    bilateral = Lattice(torch.cat([position, rgb], dim=1), groups)
+    bil_norm, bil_ones = _normaliser(bilateral)
+
+    # [B*K, H*W] per mask -> the Gaussian lattice filters [H*W, B*K]; the bilateral one [B*H*W, K].
+    fg = masks.reshape(b, k, h * w).float()
+    unary = (2.0 * fg - 1.0).permute(0, 2, 1)  # log softmax[1-m, m]: fg minus bg logit = m - (1 - m)
+    gauss_ones, bil_ones = gauss_ones.reshape(1, h * w, 1), bil_ones.reshape(b, h * w, 1)
+    constant = -(params.gaussian_compat * gauss_ones + params.bilateral_compat * bil_ones)
+    logit = unary
+    for _ in range(params.iterations):
+        q = torch.sigmoid(logit)  # [B, H*W, K]
+        g_in = (q * gauss_norm.reshape(1, h * w, 1)).permute(1, 0, 2).reshape(h * w, b * k)
+        g_out = gauss_lattice.filter(g_in).reshape(h * w, b, k).permute(1, 0, 2) * gauss_norm.reshape(1, h * w, 1)
+        bil_in = q.reshape(b * h * w, k) * bil_norm
+        bil_out = (bilateral.filter(bil_in) * bil_norm).reshape(b, h * w, k)
+        logit = unary + constant + 2.0 * (params.gaussian_compat * g_out + params.bilateral_compat * bil_out)
+    out = (logit > 0).permute(0, 2, 1).reshape(b, k, h, w)
+    return out & masks.flatten(2).any(2)[:, :, None, None]
+
+
+def self_check(refined: np.ndarray, raw: np.ndarray) -> np.ndarray | None:
+    """After refinement: fill holes, then drop the mask (None) if IoU(filled, raw) < 0.5."""
+    filled = ndimage.binary_fill_holes(refined)
+    return None if mask_iou(filled, raw) < SELF_CHECK_IOU else filled
+
+
 def refine(image: np.ndarray, mask: np.ndarray, use_crf: bool, params: CRFParams | None = None) -> np.ndarray | None:
-    """Step 9: optional dense CRF, fill holes, then drop the mask (None) if IoU(refined, raw) < 0.5."""
+    """Step 9 with pydensecrf: optional dense CRF, fill holes, then drop the mask (None) if IoU(refined, raw) <
+    0.5."""
     if not mask.any():
         return None
-    refined = dense_crf(image, mask, params) if use_crf else mask
-    refined = ndimage.binary_fill_holes(refined)
-    if mask_iou(refined, mask) < SELF_CHECK_IOU:
-        return None
-    return refined
+    return self_check(dense_crf(image, mask, params) if use_crf else mask, mask)

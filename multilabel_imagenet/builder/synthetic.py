@@ -382,3 +382,47 @@ def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8, max_rad
         r = torch.randint(max(2, h // 8), max(3, int(h * max_radius)), (1,), generator=g)
         f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
     return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
+
+
+# Colour photographs bundled with scikit-image (no download): the real-image half of the CRF agreement set.
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "colorwheel",
+)
+
+
+def crf_cases(scenes: int, photos: Iterable[str], size: int = 384, seed: int = 0) -> list[tuple]:
+    """A varied set of CRF inputs as ``(name, image, masks)``: an RGB uint8 (size, size) image and the raw
+    masks a CRF would refine in the pipeline: the synthetic MaskCut preset's masks on that image (upsampled
+    patch masks, disjoint), plus one random ellipse on the same 8-px patch grid. Images: ``scenes`` synthetic
+    scenes and the named scikit-image photographs (:data:`SKIMAGE_PHOTOS`; needs scikit-image)."""
+    from multilabel_imagenet.builder import backbones, configs, maskcut
+
+    pictures = [(f"scene-{i}", make_scene(i, seed=seed).image) for i in range(scenes)]
+    photos = list(photos)
+    if photos:
+        import skimage.data
+
+        pictures += [(name, getattr(skimage.data, name)()[..., :3]) for name in photos]
+    (config,) = configs.preset("synthetic")
+    extractor = backbones.load_backbone(config.backbone, config.feature)
+    grid = size // extractor.patch_size
+    rng = np.random.default_rng(seed)
+    cases = []
+    for name, picture in pictures:
+        image = backbones.resize([np.ascontiguousarray(picture, dtype=np.uint8)], size)[0]
+        features = extractor(backbones.normalise(torch.from_numpy(image)[None]))
+        patch_masks = maskcut.maskcut_patches(features, (grid, grid), config.tau, config.n)[0]
+        yy, xx = np.mgrid[:grid, :grid]
+        (cy, cx), (ry, rx) = rng.uniform(0.2, 0.8, 2) * grid, rng.uniform(0.1, 0.4, 2) * grid
+        ellipse = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        masks = [m for m in maskcut.full_resolution(patch_masks, (size, size)) if m.any()]
+        masks += maskcut.full_resolution([ellipse], (size, size))
+        cases.append((name, image, masks))
+    return cases
