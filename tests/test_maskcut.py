@@ -235,3 +235,93 @@ def test_uniform_image_gives_no_proposal():
     (config,) = configs.preset("synthetic")
     ex = backbones.load_backbone(config.backbone, config.feature)
     assert maskcut.discover([np.full((50, 70, 3), 90, np.uint8)], config, ex) == [[]]
+
+
+# --- the device path: CRF on the device, CPU steps in threads, several configurations per batch -------------
+
+
+def _scene_batch(n: int = 4) -> list[np.ndarray]:
+    from multilabel_imagenet.builder import synthetic
+
+    return [synthetic.make_scene(i, seed=3).image for i in range(n)]
+
+
+def test_crf_on_device_equals_upsampling_then_the_torch_crf():
+    from multilabel_imagenet.builder import backbones, configs, crf
+
+    (config,) = configs.preset("synthetic")
+    ex = backbones.load_backbone(config.backbone, config.feature)
+    resized = backbones.resize(_scene_batch(3), 128)
+    feats = ex(backbones.normalise(torch.from_numpy(np.stack(resized))))
+    patch = maskcut.maskcut_patches(feats, (16, 16), config.tau, config.n)
+    batched = maskcut.crf_on_device(torch.from_numpy(np.stack(resized)), patch)
+    assert sum(len(b) for b in batched) >= 3
+    for image, pm, got in zip(resized, patch, batched, strict=True):
+        raw = [m for m in maskcut.full_resolution(pm, (128, 128)) if m.any()]
+        assert len(got) == len(raw)
+        for m, g in zip(raw, got, strict=True):
+            alone = crf.dense_crf_torch(torch.from_numpy(image)[None], torch.from_numpy(m)[None, None])[0, 0]
+            assert np.array_equal(g, alone.numpy())
+
+
+def test_torch_and_pydensecrf_backends_give_the_same_proposals():
+    from dataclasses import replace
+
+    from multilabel_imagenet.builder import backbones, configs
+
+    (config,) = configs.preset("synthetic")
+    ex = backbones.load_backbone(config.backbone, config.feature)
+    scenes = _scene_batch(4)
+    ours = maskcut.discover(scenes, config, ex)
+    reference = maskcut.discover(scenes, replace(config, crf_backend="pydensecrf"), ex)
+    pairs = [(a, b) for x, y in zip(ours, reference, strict=True) for a, b in zip(x, y, strict=True)]
+    assert [len(x) for x in ours] == [len(y) for y in reference] and len(pairs) >= 4
+    assert np.mean([mask_iou(a.decode(), b.decode()) for a, b in pairs]) > 0.98
+
+
+def test_ensemble_with_threads_equals_each_configuration_merged():
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from multilabel_imagenet.builder import backbones, configs, proposals
+
+    (base,) = configs.preset("synthetic")
+    cfgs = [replace(base, input_size=256), replace(base, name="no_crf", crf=False, n=3)]
+    ex = backbones.load_backbone(base.backbone, base.feature)
+    scenes = _scene_batch(3)
+    sizes = [s.shape[:2] for s in scenes]
+    expected = [
+        proposals.merge(found, 0.9) for found in zip(*(maskcut.discover(scenes, c, ex) for c in cfgs), strict=True)
+    ]
+    resized = {s: torch.from_numpy(np.stack(backbones.resize(scenes, s))) for s in (256, 384)}
+    times = {}
+    with ThreadPoolExecutor(2) as threads:
+        ensemble = maskcut.Ensemble(cfgs, [ex, ex], threads=threads, dedup_iou=0.9, times=times)
+        assert ensemble.input_sizes == (256, 384)
+        got = ensemble.submit(resized, sizes)()
+    assert got == expected and sum(map(len, got)) >= 3
+    assert times["no_crf"].images == 3 and times["colour_texture"].crf > 0
+    with pytest.raises(ValueError, match="2 configurations but 1 extractors"):
+        maskcut.Ensemble(cfgs, [ex])
+
+
+def test_an_unknown_crf_backend_is_refused():
+    from multilabel_imagenet.builder import configs
+
+    with pytest.raises(ValueError, match="crf_backend"):
+        configs.MaskCutConfig("x", "colour-texture", "patch", 64, 0.5, 2, crf=True, crf_backend="opencv")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_discover_on_cuda_matches_the_cpu():
+    from multilabel_imagenet.builder import backbones, configs
+
+    (config,) = configs.preset("synthetic")
+    ex = backbones.load_backbone(config.backbone, config.feature)
+    scenes = _scene_batch(4)
+    cpu = maskcut.discover(scenes, config, ex, device="cpu")
+    cuda = maskcut.discover(scenes, config, ex, device="cuda")
+    pairs = [(a, b) for x, y in zip(cpu, cuda, strict=True) for a, b in zip(x, y, strict=True)]
+    assert [len(x) for x in cpu] == [len(y) for y in cuda] and pairs
+    assert np.mean([mask_iou(a.decode(), b.decode()) for a, b in pairs]) > 0.98

@@ -7,6 +7,9 @@ from typing import Literal
 
 Feature = Literal["q", "k", "v", "patch"]
 FEATURES: tuple[str, ...] = ("q", "k", "v", "patch")
+# Dense-CRF implementations (builder/crf.py): "torch" (batched, CPU or CUDA, the same mean-field on the same
+# permutohedral-lattice approximation) or "pydensecrf" (the published code, one mask per CPU core call).
+CRF_BACKENDS: tuple[str, ...] = ("torch", "pydensecrf")
 
 # Dense-CRF parameters as published by CutLER's MaskCut and reused by the paper (REFERENCE.md section 1
 # step 9; paper Supp. A.1): Gaussian sxy=3 compat=7, bilateral sxy=50 srgb=5 compat=10, 10 mean-field steps.
@@ -43,7 +46,9 @@ class MaskCutConfig:
     prefixed ``hf:``, a local safetensors file or model folder (see :mod:`backbones`), or ``"colour-texture"``
     for the deterministic non-learned extractor. ``input_size`` is the side of the square the image is resized
     to and must be a multiple of the backbone's patch size. ``tau`` is the affinity threshold, ``n`` the number
-    of cut iterations (the most proposals per image).
+    of cut iterations (the most proposals per image). ``crf`` switches the dense-CRF refinement on;
+    ``crf_backend`` chooses its implementation (OUR default "torch": it runs batched on the GPU and its masks
+    agree with the published pydensecrf's, docs/discover.md; "pydensecrf" is the exact reference).
     """
 
     name: str
@@ -53,6 +58,7 @@ class MaskCutConfig:
     tau: float
     n: int
     crf: bool
+    crf_backend: str = "torch"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -65,6 +71,10 @@ class MaskCutConfig:
             raise ValueError(f"MaskCutConfig {self.name!r}: tau must be in [-1, 1), got {self.tau}")
         if self.n < 1:
             raise ValueError(f"MaskCutConfig {self.name!r}: n must be >= 1, got {self.n}")
+        if self.crf_backend not in CRF_BACKENDS:
+            raise ValueError(
+                f"MaskCutConfig {self.name!r}: crf_backend must be one of {CRF_BACKENDS}, got {self.crf_backend!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,9 +1,11 @@
 """Iterative MaskCut (CutLER; paper Supp. A.1), step by step as in REFERENCE.md section 1 steps 3-10.
 
 * :func:`maskcut_patches` runs steps 3-7 on given features (T x d on an h' x w' grid), no backbone needed.
-* :func:`full_resolution` runs step 8 (nearest upsampling, disjointness), :func:`crf.refine` step 9, and
-  :mod:`proposals` step 10.
-* :func:`discover` runs one configuration on a batch of images end to end.
+* :func:`full_resolution` runs step 8 (nearest upsampling, disjointness), :mod:`crf` step 9 (on the CPU with
+  pydensecrf, or batched on the device by :func:`crf_on_device`), and :mod:`proposals` step 10.
+* :func:`submit` runs one configuration on a batch of resized images: the device steps at once, the CPU steps
+  in an executor; :func:`discover` does the same from decoded images and waits; :class:`Ensemble` runs several
+  configurations on one batch and merges their proposals.
 
 One point the published code leaves to chance is fixed here: the sign of the eigenvector. LAPACK returns x or
 -x arbitrarily, and the published corner rule is not sign-symmetric (when the largest-magnitude entry sits on
@@ -15,21 +17,23 @@ Both solvers go through the same orientation, so they agree wherever their eigen
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from multilabel_imagenet.builder import ncut
-from multilabel_imagenet.builder.backbones import Extractor, preprocess
-from multilabel_imagenet.builder.configs import CRFParams, MaskCutConfig
-from multilabel_imagenet.builder.crf import mask_iou, refine
-from multilabel_imagenet.builder.proposals import Proposal, encode, resize_mask
+from multilabel_imagenet.builder import backbones, crf, ncut
+from multilabel_imagenet.builder.backbones import Extractor
+from multilabel_imagenet.builder.configs import DEFAULT_DEDUP_IOU, CRFParams, MaskCutConfig
+from multilabel_imagenet.builder.crf import mask_iou
+from multilabel_imagenet.builder.proposals import Proposal, encode, merge, resize_mask
 
 # REFERENCE.md section 1 step 7: from the 2nd iteration on, a mask is dropped when its IoU with the previous
 # iteration's mask exceeds 0.5 or its area is at most 1% of the grid.
@@ -149,18 +153,56 @@ def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) ->
     return out
 
 
+# Images per torch-CRF call: bounds the lattices' memory (a few hundred MB per 480-px image on CUDA).
+CRF_CHUNK = 8
+
+
 @dataclass
 class StepTimes:
-    """Seconds spent per step of the stage, summed over the images of a run."""
+    """Seconds spent per step of the stage, summed over the images of a run (thread-safe :meth:`add`)."""
 
     features: float = 0.0
     cut: float = 0.0
     crf: float = 0.0
     encode: float = 0.0
     images: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, step: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, step, getattr(self, step) + seconds)
 
     def as_dict(self) -> dict:
         return {"features": self.features, "cut": self.cut, "crf": self.crf, "encode": self.encode}
+
+
+def crf_on_device(
+    resized: torch.Tensor, patch_masks: Sequence[Sequence[np.ndarray]], params: CRFParams | None = None
+) -> list[list[np.ndarray]]:
+    """Steps 8-9's CRF for a batch on ``resized``'s device with :func:`crf.dense_crf_torch`.
+
+    ``resized``: (B, S, S, 3) uint8; ``patch_masks``: per image its N patch masks. Upsamples (nearest) and
+    makes the masks disjoint as :func:`full_resolution` does, then refines every non-empty mask; returns per
+    image the refined masks (bool (S, S), on the CPU) in the order of :func:`full_resolution`'s non-empty ones.
+    """
+    b, size = resized.shape[0], resized.shape[1:3]
+    grids = torch.from_numpy(np.stack([np.stack(m) for m in patch_masks])).to(resized.device)  # [B, N, h', w']
+    up = F.interpolate(grids.float(), size=tuple(size), mode="nearest") > 0.5
+    earlier = (up.cumsum(1, dtype=torch.int32) - up.int()) > 0
+    up &= ~earlier
+    keep = [torch.nonzero(up[i].flatten(1).any(1)).flatten().tolist() for i in range(b)]
+    width = max(len(k) for k in keep)
+    out: list[list[np.ndarray]] = [[] for _ in range(b)]
+    if width == 0:
+        return out
+    chosen = torch.zeros((b, width, *size), dtype=torch.bool, device=resized.device)
+    for i, k in enumerate(keep):
+        chosen[i, : len(k)] = up[i, k]
+    for lo in range(0, b, CRF_CHUNK):
+        refined = crf.dense_crf_torch(resized[lo : lo + CRF_CHUNK], chosen[lo : lo + CRF_CHUNK], params).cpu().numpy()
+        for i, masks in enumerate(refined, start=lo):
+            out[i] = list(masks[: len(keep[i])])
+    return out
 
 
 def proposals_from_patches(
@@ -170,27 +212,114 @@ def proposals_from_patches(
     config: MaskCutConfig,
     crf_params: CRFParams | None = None,
     times: StepTimes | None = None,
+    refined: Sequence[np.ndarray] | None = None,
 ) -> list[Proposal]:
-    """Steps 8-10 for one image: upsample, disjoint, refine (CRF or not), resize to (H, W), encode."""
+    """Steps 8-10 for one image on the CPU: upsample, disjoint, refine, resize to (H, W), encode.
+
+    ``refined``: the CRF's output for the non-empty masks when it ran elsewhere (:func:`crf_on_device`); then
+    only hole filling and the self-check run here. Otherwise step 9 runs here (pydensecrf, or no CRF).
+    """
     t0 = time.perf_counter()
-    refined = [
-        refine(resized, m, config.crf, crf_params) for m in full_resolution(patch_masks, resized.shape[:2]) if m.any()
-    ]
+    raw = [m for m in full_resolution(patch_masks, resized.shape[:2]) if m.any()]
+    if refined is None:
+        kept = [crf.refine(resized, m, config.crf, crf_params) for m in raw]
+    else:
+        kept = [crf.self_check(r, m) for r, m in zip(refined, raw, strict=True)]
     t1 = time.perf_counter()
     out = []
-    for m in refined:
+    for m in kept:
         if m is None:
             continue
         p = encode(resize_mask(m, *original_size), config.name)
         if p is not None:
             out.append(p)
     if times is not None:
-        times.crf += t1 - t0
-        times.encode += time.perf_counter() - t1
+        times.add("crf", t1 - t0)
+        times.add("encode", time.perf_counter() - t1)
     return out
 
 
+class InlineExecutor(Executor):
+    """Runs each submitted call at once, in the caller's thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # delivered through the future, as a pool would
+            future.set_exception(err)
+        return future
+
+
 SOLVERS: dict[str, ncut.Solver] = {"exact": ncut.ncut_exact, "fast": ncut.ncut_fast}
+
+
+def _check_config(config: MaskCutConfig, extractor: Extractor, solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    if config.input_size % extractor.patch_size:
+        raise ValueError(
+            f"config {config.name!r}: input_size {config.input_size} is not a multiple of the patch size "
+            f"{extractor.patch_size}"
+        )
+
+
+def submit(
+    resized: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    config: MaskCutConfig,
+    extractor: Extractor,
+    device: str | torch.device = "cpu",
+    *,
+    solver: str = "fast",
+    crf_params: CRFParams | None = None,
+    times: StepTimes | None = None,
+    executor: Executor | None = None,
+) -> list[Future]:
+    """One configuration on a batch of resized images; a future of its proposals per image.
+
+    ``resized``: (B, S, S, 3) uint8 (S = ``config.input_size``), ``sizes``: the original (H, W) per image.
+    Steps 1-7 run on ``device`` now: normalisation, the backbone (bf16 on CUDA), the batched normalised cuts,
+    and, for the "torch" CRF backend, the CRF of every mask of the batch. Hole filling, the self-check, resizing
+    to the original size and RLE encoding (and the CRF of the "pydensecrf" backend) go to ``executor`` (threads
+    or processes; inline when None), so they overlap the next batch's GPU work.
+    """
+    _check_config(config, extractor, solver)
+    if resized.ndim != 4 or tuple(resized.shape[1:]) != (config.input_size, config.input_size, 3):
+        raise ValueError(f"config {config.name!r}: resized images must be B x {config.input_size}^2 x 3")
+    t0 = time.perf_counter()
+    on_device = resized.to(device, non_blocking=True)
+    features = extractor(backbones.normalise(on_device))
+    if features.is_cuda:
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    grid = (features.shape[1], features.shape[2])
+    patch_masks = maskcut_patches(features, grid, config.tau, config.n, SOLVERS[solver])
+    t2 = time.perf_counter()
+    refined: list = [None] * len(sizes)
+    if config.crf and config.crf_backend == "torch":
+        refined = crf_on_device(on_device, patch_masks, crf_params)
+    if times is not None:
+        times.add("features", t1 - t0)
+        times.add("cut", t2 - t1)
+        times.add("crf", time.perf_counter() - t2)
+        times.add("images", len(sizes))
+    executor = executor or InlineExecutor()
+    images = resized.cpu().numpy()
+    in_process = isinstance(executor, (InlineExecutor, ThreadPoolExecutor))
+    return [
+        executor.submit(
+            proposals_from_patches,
+            images[i],
+            patch_masks[i],
+            sizes[i],
+            config,
+            crf_params,
+            times if in_process else None,
+            refined[i],
+        )
+        for i in range(len(sizes))
+    ]
 
 
 def discover(
@@ -202,37 +331,80 @@ def discover(
     crf_params: CRFParams | None = None,
     times: StepTimes | None = None,
     executor: Executor | None = None,
+    device: str | torch.device | None = None,
 ) -> list[list[Proposal]]:
     """One configuration on a batch of images, steps 1-10: proposals per image at its original size.
 
     ``solver`` is "fast" (batched torch, on the features' device) or "exact" (float64 scipy, as published).
-    ``executor`` (e.g. a process pool) runs steps 8-10 (upsampling, CRF, encoding) per image, so the CPU-bound
-    CRF does not hold up the next backbone batch; the results are the same (``times`` then misses those steps).
+    ``device`` defaults to the extractor's. ``executor`` (threads or processes) runs the CPU steps per image
+    (:func:`submit`); the results are the same (``times`` then misses the steps run in other processes).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    if config.input_size % extractor.patch_size:
-        raise ValueError(
-            f"config {config.name!r}: input_size {config.input_size} is not a multiple of the patch size "
-            f"{extractor.patch_size}"
-        )
+    _check_config(config, extractor, solver)
     sizes = [(im.height, im.width) if isinstance(im, Image.Image) else im.shape[:2] for im in images]
-    t0 = time.perf_counter()
-    batch, resized = preprocess(images, config.input_size)
-    features = extractor(batch)
-    if features.is_cuda:
-        torch.cuda.synchronize()
-    t1 = time.perf_counter()
-    grid = (features.shape[1], features.shape[2])
-    patch_masks = maskcut_patches(features, grid, config.tau, config.n, SOLVERS[solver])
-    if times is not None:
-        times.features += t1 - t0
-        times.cut += time.perf_counter() - t1
-        times.images += len(images)
-    if executor is not None:
-        n = len(images)
-        return list(executor.map(proposals_from_patches, resized, patch_masks, sizes, [config] * n, [crf_params] * n))
-    return [
-        proposals_from_patches(r, m, s, config, crf_params, times)
-        for r, m, s in zip(resized, patch_masks, sizes, strict=True)
-    ]
+    resized = torch.from_numpy(np.stack(backbones.resize(images, config.input_size)))
+    device = device if device is not None else getattr(extractor, "device", "cpu")
+    futures = submit(
+        resized, sizes, config, extractor, device, solver=solver, crf_params=crf_params, times=times, executor=executor
+    )
+    return [f.result() for f in futures]
+
+
+class Ensemble:
+    """Several configurations on the same decoded images, proposals merged per image: the discover stage's
+    unit of work. ``extractors`` line up with ``configs``; "pydensecrf" CRF work goes to ``processes`` (it holds
+    the GIL), the rest of the CPU steps to ``threads`` (inline when None)."""
+
+    def __init__(
+        self,
+        configs: Sequence[MaskCutConfig],
+        extractors: Sequence[Extractor],
+        device: str | torch.device = "cpu",
+        *,
+        solver: str = "fast",
+        crf_params: CRFParams | None = None,
+        dedup_iou: float = DEFAULT_DEDUP_IOU,
+        threads: Executor | None = None,
+        processes: Executor | None = None,
+        times: dict[str, StepTimes] | None = None,
+    ):
+        if len(configs) != len(extractors):
+            raise ValueError(f"{len(configs)} configurations but {len(extractors)} extractors")
+        for c, ex in zip(configs, extractors, strict=True):
+            _check_config(c, ex, solver)
+        self.configs, self.extractors, self.device = tuple(configs), tuple(extractors), device
+        self.solver, self.crf_params, self.dedup_iou = solver, crf_params, dedup_iou
+        self.threads, self.processes = threads, processes
+        self.times = times
+
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({c.input_size for c in self.configs}))
+
+    def _executor(self, config: MaskCutConfig) -> Executor | None:
+        if config.crf and config.crf_backend == "pydensecrf" and self.processes is not None:
+            return self.processes
+        return self.threads
+
+    def submit(self, resized: dict[int, torch.Tensor], sizes: Sequence[tuple[int, int]]) -> Callable[[], list]:
+        """Run every configuration's device steps on one batch (``resized``: input size -> (B, S, S, 3) uint8);
+        returns a function that waits for the CPU steps and gives the merged proposals per image."""
+        per_config = [
+            submit(
+                resized[c.input_size],
+                sizes,
+                c,
+                ex,
+                self.device,
+                solver=self.solver,
+                crf_params=self.crf_params,
+                times=None if self.times is None else self.times.setdefault(c.name, StepTimes()),
+                executor=self._executor(c),
+            )
+            for c, ex in zip(self.configs, self.extractors, strict=True)
+        ]
+
+        def result() -> list[list[Proposal]]:
+            found = [[f.result() for f in futures] for futures in per_config]
+            return [merge([f[i] for f in found], self.dedup_iou) for i in range(len(sizes))]
+
+        return result

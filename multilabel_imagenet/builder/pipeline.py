@@ -16,7 +16,7 @@ import math
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from multilabel_imagenet.dataset import schema, writer
 SPLITS = ("train", "validation")
 STAGES = ("discover", "select", "train-labeler", "label", "package")
 SHARDED_STAGES = ("discover", "select", "label")
-RUNTIME_SETTINGS = ("num_workers", "crf_workers")
+RUNTIME_SETTINGS = ("num_workers", "crf_workers", "cpu_threads")
 """Settings that change how fast a build runs, never its results: a work directory may resume with others."""
 CHECKPOINT = "labeler/head.safetensors"
 AMBIGUITY_JSON = "metadata/ambiguity.json"
@@ -57,7 +57,8 @@ class BuildConfig:
     shard_size: int = 1000  # images per shard file
     batch_size: int = 32  # images per backbone forward
     num_workers: int = 4  # decoding processes
-    crf_workers: int = 4  # processes refining masks (CRF) while the backbone runs the next batch; 0 = inline
+    crf_workers: int = 4  # processes for pydensecrf-backend CRFs while the backbone runs the next batch; 0 = inline
+    cpu_threads: int = 4  # threads for hole filling, self-check, resizing and RLE encoding of masks; 0 = inline
     seed: int = 0
     weights: dict = field(default_factory=dict)  # backbone name -> local weights (safetensors file or folder)
 
@@ -83,6 +84,7 @@ class BuildConfig:
                 maskcut_preset="synthetic",
                 ambiguity_calibration="none",
                 crf_workers=0,
+                cpu_threads=0,
                 labeler=asdict(demo_labeler),
                 shard_size=32,
                 batch_size=16,
@@ -180,6 +182,110 @@ def decoded_batches(records: Sequence[images.ImageRecord], batch_size: int, num_
     yield from loader
 
 
+@dataclass
+class ResizedBatch:
+    """Decoded images resized to every input size of a MaskCut ensemble (one decode serves all of them)."""
+
+    indices: list[int]  # positions in the records of the images that decoded
+    sizes: list[tuple[int, int]]  # their original (height, width)
+    resized: dict[int, torch.Tensor]  # input size S -> (len(indices), S, S, 3) uint8
+    errors: list[tuple[int, str]]  # (position, reason) of those that did not
+
+    def pin_memory(self) -> ResizedBatch:
+        """Page-locked copies, so the host-to-GPU copies run asynchronously (DataLoader's pin_memory)."""
+        return replace(self, resized={k: v.pin_memory() for k, v in self.resized.items()})
+
+
+class _Resized(_Decoded):
+    def __init__(self, records: Sequence[images.ImageRecord], input_sizes: Sequence[int]):
+        super().__init__(records)
+        self.input_sizes = input_sizes
+
+    def __getitem__(self, i: int):
+        i, image, error = super().__getitem__(i)
+        if error is not None:
+            return i, None, None, error
+        return i, image.shape[:2], {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
+
+
+def _collate_resized(items: list) -> ResizedBatch:
+    ok = [(i, size, resized) for i, size, resized, err in items if err is None]
+    stacked = {s: torch.from_numpy(np.stack([r[s] for _, _, r in ok])) for s in ok[0][2]} if ok else {}
+    errors = [(i, err) for i, _, _, err in items if err is not None]
+    return ResizedBatch([i for i, _, _ in ok], [tuple(size) for _, size, _ in ok], stacked, errors)
+
+
+def resized_batches(
+    records: Sequence[images.ImageRecord],
+    input_sizes: Sequence[int],
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+) -> Iterator[ResizedBatch]:
+    """Batches of images decoded and resized (LANCZOS) to each of ``input_sizes`` in ``num_workers`` processes."""
+    loader = torch.utils.data.DataLoader(
+        _Resized(records, input_sizes),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_resized,
+        shuffle=False,
+        pin_memory=pin_memory,
+    )
+    yield from loader
+
+
+def discover_records(
+    records: Sequence[images.ImageRecord],
+    ensemble: maskcut.Ensemble,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+) -> Iterator[tuple[int, tuple[int, int] | None, list | str]]:
+    """The discover stage over ``records``: ``(position, (height, width), merged proposals)`` per decoded image
+    and ``(position, None, reason)`` per image that failed to decode, in batch order.
+
+    Decoding and resizing run in ``num_workers`` DataLoader processes; one batch is kept in flight, so its CPU
+    steps (hole filling, encoding, pydensecrf) overlap the next batch's device steps.
+    """
+    pending: tuple | None = None
+    for batch in resized_batches(records, ensemble.input_sizes, batch_size, num_workers, pin_memory):
+        submitted = (batch, ensemble.submit(batch.resized, batch.sizes) if batch.indices else list)
+        if pending is not None:
+            yield from _finished(*pending)
+        pending = submitted
+    if pending is not None:
+        yield from _finished(*pending)
+
+
+def _finished(batch: ResizedBatch, result: Callable[[], list]) -> Iterator[tuple]:
+    yield from ((j, None, reason) for j, reason in batch.errors)
+    yield from zip(batch.indices, batch.sizes, result(), strict=True)
+
+
+def label_records(
+    records: Sequence[images.ImageRecord],
+    masks_of: Callable[[int], np.ndarray],
+    extractor: backbones.Extractor,
+    head: labeler.LabelerHead,
+    config: LabelerConfig,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+) -> Iterator[tuple[int, labeler.ImageLabels | str]]:
+    """The label stage over ``records``: ``(position, labels)`` per image, ``masks_of(position)`` giving its
+    proposal masks [M, H, W]; ``(position, reason)`` where an image no longer decodes. Decoding and resizing
+    run in DataLoader workers, the backbone on ``device``."""
+    size = config.input_size
+    for batch in resized_batches(records, [size], batch_size, num_workers, device.type == "cuda"):
+        yield from batch.errors
+        if not batch.indices:
+            continue
+        with torch.no_grad():
+            feats = extractor(backbones.normalise(batch.resized[size].to(device, non_blocking=True))).float().cpu()
+        for k, f in zip(batch.indices, feats, strict=True):
+            yield k, labeler.label_image(head, f, masks_of(k), config)
+
+
 class Build:
     """One split's build in one work directory. Stages are methods; each skips complete shards."""
 
@@ -195,6 +301,7 @@ class Build:
         self._head: tuple | None = None
         self._imported: dict | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
         self.stage_seconds: dict[str, float] = {}
         self._check_work_dir()
 
@@ -236,6 +343,12 @@ class Build:
         if self.config.crf_workers > 0 and self._pool is None:
             self._pool = ProcessPoolExecutor(self.config.crf_workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
+
+    def _cpu_threads(self) -> ThreadPoolExecutor | None:
+        """The thread pool for the CPU steps of MaskCut (``cpu_threads`` threads, started on first use)."""
+        if self.config.cpu_threads > 0 and self._threads is None:
+            self._threads = ThreadPoolExecutor(self.config.cpu_threads, thread_name_prefix="maskcut-cpu")
+        return self._threads
 
     def _extractor(self, backbone: str, feature: str) -> backbones.Extractor:
         key = (backbone, feature)
@@ -306,34 +419,25 @@ class Build:
         if self.inputs.proposals_from is not None:
             return self._imported_shard(i, tick)
         cfgs = self.config.maskcut_configs()
+        ensemble = maskcut.Ensemble(
+            cfgs,
+            [self._extractor(c.backbone, c.feature) for c in cfgs],
+            self.device,
+            solver=self.config.solver,
+            dedup_iou=self.config.dedup_iou,
+            threads=self._cpu_threads(),
+            processes=self._crf_pool(),
+        )
         records = self.shards[i]
         rows: list[dict] = [{} for _ in records]
-        for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
-            ok = [(j, img) for j, img, err in batch if err is None]
-            for j, _, err in batch:
-                if err is not None:
-                    rows[j] = _base_row(records[j]) | {"error": f"decode: {err}"}
-            batch_images = [img for _, img in ok]
-            per_config = (
-                [
-                    maskcut.discover(
-                        batch_images,
-                        c,
-                        self._extractor(c.backbone, c.feature),
-                        solver=self.config.solver,
-                        executor=self._crf_pool(),
-                    )
-                    for c in cfgs
-                ]
-                if ok
-                else []
-            )
-            for k, (j, img) in enumerate(ok):
-                merged = proposals.merge([found[k] for found in per_config], self.config.dedup_iou)
-                row = _base_row(records[j]) | {"width": img.shape[1], "height": img.shape[0]}
-                row["proposals"] = [p.to_dict() for p in merged]
-                rows[j] = row
-            tick(len(batch))
+        pin = self.device.type == "cuda"
+        for j, size, found in discover_records(records, ensemble, self.config.batch_size, self.config.num_workers, pin):
+            if size is None:
+                rows[j] = _base_row(records[j]) | {"error": f"decode: {found}"}
+            else:
+                h, w = size
+                rows[j] = _base_row(records[j]) | {"width": w, "height": h, "proposals": [p.to_dict() for p in found]}
+            tick(1)
         return rows
 
     def _select_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
@@ -378,18 +482,28 @@ class Build:
         rows: list[dict] = [{"image_id": r["image_id"]} for r in rows_in]
         ok = [j for j, r in enumerate(rows_in) if "error" not in r]
         records = [self.shards[i][j] for j in ok]
-        for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
-            feats = self._patch_features([img for _, img, _ in batch], lab)
-            for (k, _, _), f in zip(batch, feats, strict=True):
-                j = ok[k]
-                result = labeler.label_image(head, f, _masks(rows_in[j]), lab)
-                rows[j] |= {
+        extractor = self._extractor(lab.backbone, "patch")
+        found = label_records(
+            records,
+            lambda k: _masks(rows_in[ok[k]]),
+            extractor,
+            head,
+            lab,
+            self.device,
+            self.config.batch_size,
+            self.config.num_workers,
+        )
+        for k, result in found:
+            if isinstance(result, str):
+                rows[ok[k]]["error"] = f"decode: {result}"
+            else:
+                rows[ok[k]] |= {
                     "mask_classes": result.mask_classes.tolist(),
                     "mask_scores": _round(result.mask_scores).tolist(),
                     "global_classes": result.global_classes.tolist(),
                     "global_scores": _round(result.global_scores).tolist(),
                 }
-            tick(len(batch))
+            tick(1)
         tick(len(rows_in) - len(ok))
         return rows
 
@@ -468,6 +582,9 @@ class Build:
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
+            if self._threads is not None:
+                self._threads.shutdown()
+                self._threads = None
 
     def _run(self, stages: Sequence[str], sharded: Callable[[str], None] | None) -> None:
         for name in stages:
