@@ -552,4 +552,5 @@ def configs_command(preset: str) -> None:
         raise click.ClickException(str(err)) from None
     click.echo("name\tbackbone\tfeature\tinput\ttau\tN\tCRF")
     for c in chosen:
-        click.echo(f"{c.name}\t{c.backbone}\t{c.feature}\t{c.input_size}\t{c.tau}\t{c.n}\t{'on' if c.crf else 'off'}")
+        crf = c.crf_backend if c.crf else "off"
+        click.echo(f"{c.name}\t{c.backbone}\t{c.feature}\t{c.input_size}\t{c.tau}\t{c.n}\t{crf}")

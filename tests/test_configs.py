@@ -46,6 +46,7 @@ def test_configs_command_prints_the_preset():
         "480",
         "0.15",
         "3",
-        "on",
+        "torch",
     ]
+    assert lines[1].split("\t")[-1] == "off"  # dinov3_b16: no CRF (Supp. A.2)
     assert CliRunner().invoke(main, ["configs", "nope"]).exit_code != 0
