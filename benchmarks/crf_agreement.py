@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import torch
 
@@ -68,12 +67,7 @@ def main() -> None:
             "mean_iou_photos": float(np.mean(photos)),
             "pydensecrf_over_torch_time": seconds["pydensecrf"] / seconds[f"torch_{device}"],
         }
-    out = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
+    out = machine.describe() | {
         "size": args.size,
         "images": len(cases),
         "seconds": seconds,

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
+import machine
 import timm
 import torch
 
@@ -83,12 +82,7 @@ def main() -> None:
             r = run(config, device, images, args.weights_dir, args.batch)
             print(json.dumps(r))
             results.append(r)
-    out = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
+    out = machine.describe() | {
         "solver": "fast",
         "results": results,
     }
