@@ -128,14 +128,13 @@ class Lattice:
         if values.ndim != 2 or values.shape[0] != self.num_points:
             raise ValueError(f"values must be ({self.num_points}, C), got {tuple(values.shape)}")
         values = values.to(torch.float32)
-        d1 = self.offsets.shape[1]
-        grid = values.new_zeros(self.num_vertices + 1, values.shape[1])  # row M stays zero
-        for r in range(d1):
-            grid.index_add_(0, self.offsets[:, r], self.weights[:, r, None] * values)
+        (p, d1), c = self.offsets.shape, values.shape[1]
+        corners = self.offsets.reshape(-1)
+        grid = values.new_zeros(self.num_vertices + 1, c)  # row M stays zero
+        grid.index_add_(0, corners, (self.weights[:, :, None] * values[:, None, :]).reshape(-1, c))
         for j in range(d1):
-            grid = grid + 0.5 * (grid[self.neighbours[2 * j]] + grid[self.neighbours[2 * j + 1]])
-        out = torch.zeros_like(values)
-        for r in range(d1):
-            out += self.weights[:, r, None] * grid[self.offsets[:, r]]
+            n1, n2 = self.neighbours[2 * j], self.neighbours[2 * j + 1]
+            grid = grid + 0.5 * (grid.index_select(0, n1) + grid.index_select(0, n2))
+        out = torch.einsum("pr,prc->pc", self.weights, grid.index_select(0, corners).view(p, d1, c))
         # pydensecrf's constant alpha = 1 / (1 + 2^-d) rescales the result; symmetric normalisation cancels it.
         return out / (1.0 + 2.0 ** (1 - d1))
