@@ -269,3 +269,51 @@ def test_crf_in_a_process_pool_gives_the_same_proposals(reference, scenes, confi
     theirs = sorted((reference.with_name(reference.name + "-work") / "discover" / "train").glob("*.jsonl"))
     assert [p.name for p in ours] == [p.name for p in theirs]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs, strict=True))
+
+
+def _records_with_a_corrupt_file(scenes: Path, tmp_path: Path) -> list:
+    from multilabel_imagenet import images
+
+    root = tmp_path / "train"
+    shutil.copytree(scenes / "train", root)
+    victim = sorted(root.rglob("*.JPEG"))[2]
+    victim.write_bytes(b"not a jpeg")
+    return images.open_source(root), victim
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_discover_records_decodes_once_per_image_and_reports_failures(scenes, tmp_path, workers):
+    import numpy as np
+
+    from multilabel_imagenet import images
+    from multilabel_imagenet.builder import backbones, configs, maskcut, proposals
+
+    records, victim = _records_with_a_corrupt_file(scenes, tmp_path)
+    (base,) = configs.preset("synthetic")
+    cfgs = [replace(base, input_size=128), replace(base, name="at_64", input_size=64, crf=False)]
+    ex = backbones.load_backbone(base.backbone, base.feature)
+    out = list(pipeline.discover_records(records, maskcut.Ensemble(cfgs, [ex, ex]), 3, workers))
+    assert sorted(j for j, _, _ in out) == list(range(len(records)))
+    failed = [(j, found) for j, size, found in out if size is None]
+    assert [records[j].full_path for j, _ in failed] == [victim] and "not a recognised image" in failed[0][1]
+    first = next(j for j, size, _ in out if size is not None)
+    image = np.asarray(images.decode_image(records[first].full_path))
+    alone = proposals.merge([maskcut.discover([image], c, ex)[0] for c in cfgs])
+    assert dict((j, p) for j, _, p in out)[first] == alone
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_discover_records_on_cuda_with_pinned_batches(scenes, tmp_path):
+    from multilabel_imagenet.builder import backbones, configs, maskcut
+    from multilabel_imagenet.builder.crf import mask_iou
+
+    records, _ = _records_with_a_corrupt_file(scenes, tmp_path)
+    (base,) = configs.preset("synthetic")
+    cfg = replace(base, input_size=128)
+    ex = backbones.load_backbone(base.backbone, base.feature)
+    cpu = {j: p for j, _, p in pipeline.discover_records(records, maskcut.Ensemble([cfg], [ex]), 3, 0)}
+    cuda = {j: p for j, _, p in pipeline.discover_records(records, maskcut.Ensemble([cfg], [ex], "cuda"), 3, 2, True)}
+    assert cpu.keys() == cuda.keys()
+    pairs = [(a, b) for j in cpu if not isinstance(cpu[j], str) for a, b in zip(cpu[j], cuda[j], strict=True)]
+    assert pairs and min(mask_iou(a.decode(), b.decode()) for a, b in pairs) > 0.9
