@@ -304,6 +304,148 @@ def label_maps_command(images_root: Path, layout: str, checkpoint: Path, output:
     )
 
 
+# --- browsing: `show` and `label-regions` (library: multilabel_imagenet.browse, builder.regions) ---
+
+
+@main.command("show")
+@click.argument("dataset")
+@click.option("--revision", help="With a Hub repo id: the tag or commit to read (e.g. v1.0.0, or main).")
+@click.option(
+    "--images",
+    "images_root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding train/ and val/, which `path` is relative to [not needed for the synthetic demo].",
+)
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "validation"]), help="[default: all]")
+@click.option("--ids", multiple=True, help="Image ids to show (repeatable, or comma-separated).")
+@click.option("--sample", type=int, help="Show this many images drawn at random.  [default: 24 without --ids]")
+@click.option("--seed", default=0, show_default=True, help="Seed of --sample.")
+@click.option("--min-labels", default=0, show_default=True, help="Only images with at least this many labels.")
+@click.option("--disagreeing", is_flag=True, help="Only images whose top soft class is not the original label.")
+@click.option("--benchmark", "-b", "bench_names", multiple=True, help="Benchmark to mark agreement with (e.g. real).")
+@click.option(
+    "--benchmark-labels",
+    multiple=True,
+    metavar="[NAME=]FILE",
+    help="Label file of a --benchmark (ReaL: timm's bundled real.json when omitted). See `benchmarks list`.",
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Gallery folder.")
+def show_command(
+    dataset: str,
+    revision: str | None,
+    images_root: Path | None,
+    splits: tuple[str, ...],
+    ids: tuple[str, ...],
+    sample: int | None,
+    seed: int,
+    min_labels: int,
+    disagreeing: bool,
+    bench_names: tuple[str, ...],
+    benchmark_labels: tuple[str, ...],
+    output: Path,
+) -> None:
+    """Write a static HTML gallery of DATASET (a folder or a Hub repo id): masks, soft labels, agreement marks."""
+    from multilabel_imagenet.browse import gallery, source
+    from multilabel_imagenet.evaluation import load_benchmarks
+
+    wanted = [i for value in ids for i in value.split(",") if i] or None
+    if wanted is not None and sample is not None:
+        raise click.UsageError("give --ids or --sample, not both")
+    try:
+        view = source.DatasetView(dataset, revision)
+        benches = load_benchmarks(bench_names, _label_files(benchmark_labels, bench_names))
+        with tqdm(unit="img", desc="gallery") as bar:
+            result = gallery.write_gallery(
+                view,
+                output,
+                images_root,
+                splits=splits or None,
+                ids=wanted,
+                sample=24 if sample is None else sample,
+                filters=gallery.Filters(min_labels, disagreeing),
+                benchmarks=benches,
+                seed=seed,
+                progress=bar.update,
+            )
+    except (*_evaluation_errors(), ValueError, FileNotFoundError, FileExistsError) as err:
+        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+    if result.not_matching:
+        click.echo(f"{len(result.not_matching)} of the ids do not pass the filters: {', '.join(result.not_matching)}")
+    click.echo(f"{result.cards} images ({result.matched} pass the filters); open {result.index.resolve()}")
+
+
+@main.command("label-regions")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, path_type=Path),
+    help="Local weights of the labeler's backbone (safetensors file or transformers folder).",
+)
+@click.option(
+    "--images",
+    "images_root",
+    type=click.Path(exists=True, path_type=Path),
+    help="Images to pick from: a folder in any layout of `multilabel-imagenet images`, or a list file.",
+)
+@click.option("--layout", type=click.Choice(images.LAYOUTS), default="auto", show_default=True)
+@click.option("--dataset", help="Dataset folder or Hub repo id whose stored proposals to offer (matched by image id).")
+@click.option("--revision", help="With a Hub repo id as --dataset: the tag or commit.")
+@click.option("--maskcut", "maskcut_preset", help="Run this MaskCut preset on request (e.g. synthetic, cutler, paper).")
+@click.option("--top-k", default=10, show_default=True, help="Classes shown per region.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine only)."
+)
+@click.option("--port", default=8765, show_default=True, help="Port (0: any free port).")
+@click.option("--device", default="cpu", show_default=True)
+def label_regions_command(
+    checkpoint: Path,
+    weights: Path | None,
+    images_root: Path | None,
+    layout: str,
+    dataset: str | None,
+    revision: str | None,
+    maskcut_preset: str | None,
+    top_k: int,
+    host: str,
+    port: int,
+    device: str,
+) -> None:
+    """Start a local web app: open an image, draw a box or pick a proposal, see the labeler's ranked classes.
+
+    Without --images, the images of --dataset are offered (found as `show` finds them).
+    """
+    from multilabel_imagenet.browse import source, webapp
+    from multilabel_imagenet.builder import regions
+
+    try:
+        view = source.DatasetView(dataset, revision) if dataset else None
+        if images_root is not None:
+            records = images.open_source(images_root, layout)
+        elif view is not None:
+            records = webapp.dataset_records(view)
+        else:
+            raise click.UsageError("give --images, --dataset, or both")
+        proposer = regions.MaskCutProposer(maskcut_preset, device) if maskcut_preset else None
+        app = webapp.LabelingApp(
+            regions.RegionLabeler(checkpoint, device, weights), records, view, proposer, top_k, checkpoint.name
+        )
+        server = webapp.make_server(app, host, port)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    if not webapp.is_loopback(host):
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach it can use the app and read the images", err=True
+        )
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"{len(records)} images; region labeler at http://{bound_host}:{bound_port}/ (Ctrl-C stops it)")
+    webapp.serve(server)
+
+
 # --- evaluation: `evaluate` and the `benchmarks` group (library: multilabel_imagenet.evaluation) ---
 
 
