@@ -233,6 +233,14 @@ def build_config_command(preset: str, fmt: str) -> None:
     click.echo(pipeline.BuildConfig.preset(preset).dumps(fmt), nl=False)
 
 
+_checkpoint_option = click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
+)
+
+
 @main.command("filter-proposals")
 @click.argument("coco_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -242,12 +250,7 @@ def build_config_command(preset: str, fmt: str) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder the COCO file's file_name entries are relative to.",
 )
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
-)
+@_checkpoint_option
 @click.option(
     "--min-score",
     default=0.5,
@@ -279,12 +282,7 @@ def filter_proposals_command(
 @main.command("label-maps")
 @click.option("--images", "images_root", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--layout", type=click.Choice(images.LAYOUTS), default="auto", show_default=True)
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
-)
+@_checkpoint_option
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", default=15, show_default=True, help="Cells per side (ReLabel: 15).")
 @click.option("--device", default="cpu", show_default=True)
@@ -375,12 +373,7 @@ def show_command(
 
 
 @main.command("label-regions")
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labeler checkpoint (safetensors) from `build train-labeler`.",
-)
+@_checkpoint_option
 @click.option(
     "--weights",
     type=click.Path(exists=True, path_type=Path),
