@@ -153,7 +153,8 @@ def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) ->
     return out
 
 
-# Images per torch-CRF call: bounds the lattices' memory (a few hundred MB per 480-px image on CUDA).
+# Images per torch-CRF call on CUDA: bounds the lattices' memory (a few hundred MB per 480-px image). On the
+# CPU one image per call is faster (measured: 1.8 vs 2.7 s for 8 scenes at 384 px; the working set stays in cache).
 CRF_CHUNK = 8
 
 
@@ -198,8 +199,12 @@ def crf_on_device(
     chosen = torch.zeros((b, width, *size), dtype=torch.bool, device=resized.device)
     for i, k in enumerate(keep):
         chosen[i, : len(k)] = up[i, k]
-    for lo in range(0, b, CRF_CHUNK):
-        refined = crf.dense_crf_torch(resized[lo : lo + CRF_CHUNK], chosen[lo : lo + CRF_CHUNK], params).cpu().numpy()
+    chunk = CRF_CHUNK if resized.is_cuda else 1
+    for lo in range(0, b, chunk):
+        k = max(len(keep[i]) for i in range(lo, min(lo + chunk, b)))
+        if k == 0:
+            continue
+        refined = crf.dense_crf_torch(resized[lo : lo + chunk], chosen[lo : lo + chunk, :k], params).cpu().numpy()
         for i, masks in enumerate(refined, start=lo):
             out[i] = list(masks[: len(keep[i])])
     return out

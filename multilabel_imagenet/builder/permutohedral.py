@@ -43,12 +43,10 @@ def _simplex(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     rem0 = rounded * d1
     total = rounded.sum(1, keepdim=True).long()
     diff = elevated - rem0
-    # rank[i] = #{j > i: diff_j > diff_i} + #{j < i: diff_j >= diff_i}: position of coordinate i in the
-    # descending order, ties broken by index as in the reference implementation.
-    idx = torch.arange(d1, device=elevated.device)
-    after, before = idx[None, :] > idx[:, None], idx[None, :] < idx[:, None]  # [i, j]: j > i, j < i
-    dj, di = diff[:, None, :], diff[:, :, None]
-    rank = ((after & (dj > di)) | (before & (dj >= di))).sum(2) + total
+    # rank[i] = #{j: diff_j > diff_i} + #{j < i: diff_j == diff_i}: the position of coordinate i in the
+    # descending order, ties broken by index as in the reference implementation (a stable sort).
+    order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(d1, device=diff.device).expand(p, d1)) + total
     low, high = rank < 0, rank > d
     rank = rank + d1 * low - d1 * high
     rem0 = rem0 + d1 * low - d1 * high
@@ -64,8 +62,8 @@ class Lattice:
     """The lattice of a set of points, built once; :meth:`filter` applies the Gaussian to values on them.
 
     ``features``: (P, d) float, already divided by the kernel's standard deviations. ``groups``: optional (P,)
-    int64 group of each point (points of different groups never interact). ``features`` are lifted in float64
-    on the CPU and float32 elsewhere (vertex assignment needs only a few significant digits).
+    int64 group of each point (points of different groups never interact). Points are lifted in float32, as in
+    pydensecrf (vertex assignment needs only a few significant digits).
     """
 
     def __init__(self, features: torch.Tensor, groups: torch.Tensor | None = None):
@@ -74,14 +72,12 @@ class Lattice:
         if not torch.isfinite(features).all():
             raise ValueError("features contain NaN or infinite values")
         p, d = features.shape
-        dtype = torch.float64 if features.device.type == "cpu" else torch.float32
-        rem0, rank, bary = _simplex(_elevate(features.to(dtype)))
+        rem0, rank, bary = _simplex(_elevate(features.to(torch.float32)))
         d1 = d + 1
         # Vertex r of the simplex: rem0 + canonical[r][rank], canonical[r][k] = r if k <= d - r else r - (d+1).
         r = torch.arange(d1, device=features.device)
         canonical = torch.where(r[None, :] <= d - r[:, None], r[:, None], r[:, None] - d1)  # [r, k]
-        keys = rem0[:, None, :d] + canonical[:, rank[:, :d]].permute(1, 0, 2)  # [P, d+1, d]
-        codes, strides = self._encode(keys, groups)
+        codes, strides = self._encode(rem0[:, :d], rank[:, :d], canonical, groups)
         self.vertices, inverse = torch.unique(codes, return_inverse=True)
         self.offsets = inverse.view(p, d1)  # [P, d+1] vertex index of each simplex corner
         self.weights = bary.to(torch.float32)  # [P, d+1]
@@ -98,11 +94,17 @@ class Lattice:
         self.num_points, self.num_vertices = p, m
 
     @staticmethod
-    def _encode(keys: torch.Tensor, groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed-radix int64 codes of (group, key); room is left for the neighbours' keys (+-(d+1))."""
-        d = keys.shape[2]
-        low = keys.amin(dim=(0, 1)) - (d + 1)
-        radix = keys.amax(dim=(0, 1)) - low + (d + 2)
+    def _encode(
+        rem0: torch.Tensor, rank: torch.Tensor, canonical: torch.Tensor, groups: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed-radix int64 codes (P * (d+1),) of (group, key) of every simplex corner, and the strides.
+
+        A corner's key is rem0 + canonical[r][rank] (each coordinate within +-d of rem0); the radices leave room
+        for the neighbours' keys (+-(d+1) more), so neighbours' codes follow by adding a constant.
+        """
+        d = rem0.shape[1]
+        low = rem0.amin(0) - (2 * d + 1)
+        radix = rem0.amax(0) - low + (2 * d + 2)
         n_groups = 1 if groups is None else int(groups.max()) + 1
         capacity = float(n_groups) * math.prod(float(x) for x in radix.tolist())
         if capacity >= 2.0**62:
@@ -110,12 +112,15 @@ class Lattice:
                 f"lattice too large to index ({capacity:.3g} cells): filter fewer groups at a time or use larger "
                 f"kernel standard deviations"
             )
-        strides = torch.ones(d, dtype=torch.long, device=keys.device)
+        strides = torch.ones(d, dtype=torch.long, device=rem0.device)
         for k in range(d - 2, -1, -1):
             strides[k] = strides[k + 1] * radix[k + 1]
-        codes = ((keys - low) * strides).sum(2)
+        base = ((rem0 - low) * strides).sum(1)
         if groups is not None:
-            codes = codes + (groups.long() * (strides[0] * radix[0]))[:, None]
+            base = base + groups.long() * (strides[0] * radix[0])
+        codes = base[:, None].repeat(1, canonical.shape[0])  # [P, d+1]
+        for k in range(d):
+            codes += canonical[:, rank[:, k]].T * strides[k]
         return codes.reshape(-1), strides
 
     def _find(self, codes: torch.Tensor) -> torch.Tensor:
