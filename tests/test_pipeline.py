@@ -261,14 +261,20 @@ def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
     assert truth[-1]["image_id"] in errors and cutler.name in errors
 
 
-def test_crf_in_a_process_pool_gives_the_same_proposals(reference, scenes, config_file, tmp_path):
-    config = replace(pipeline.BuildConfig.load(config_file), crf_workers=2)
-    inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work")
-    pipeline.Build(inputs, config, progress=False).run(("discover",))
-    ours = sorted((tmp_path / "work" / "discover" / "train").glob("*.jsonl"))
-    theirs = sorted((reference.with_name(reference.name + "-work") / "discover" / "train").glob("*.jsonl"))
-    assert [p.name for p in ours] == [p.name for p in theirs]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs, strict=True))
+@pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
+def test_cpu_pools_give_the_same_proposals_as_inline(scenes, config_file, tmp_path, backend):
+    """Threads (cpu_threads) and, for pydensecrf, processes (crf_workers) change speed, not proposals."""
+    base = pipeline.BuildConfig.load(config_file)
+    base = replace(base, maskcut=[c | {"crf_backend": backend} for c in base.maskcut], cpu_threads=0, crf_workers=0)
+
+    def discover(config: pipeline.BuildConfig, name: str) -> list[bytes]:
+        inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / name, tmp_path / f"{name}-work")
+        pipeline.Build(inputs, config, progress=False).run(("discover",))
+        return [p.read_bytes() for p in sorted((tmp_path / f"{name}-work" / "discover" / "train").glob("*.jsonl"))]
+
+    inline = discover(base, "inline")
+    assert inline and b'"counts"' in b"".join(inline)
+    assert discover(replace(base, cpu_threads=2, crf_workers=2), "pooled") == inline
 
 
 def _records_with_a_corrupt_file(scenes: Path, tmp_path: Path) -> list:
