@@ -12,7 +12,6 @@ Two implementations of the same fully connected CRF (Kraehenbuehl & Koltun 2011)
 from __future__ import annotations
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
 import torch
 from scipy import ndimage
 
@@ -35,6 +34,8 @@ def dense_crf(image: np.ndarray, mask: np.ndarray, params: CRFParams | None = No
     Unary: -log softmax over the logits [1 - m, m] per pixel; pairwise: a Gaussian (position) kernel and a
     bilateral (position + colour) kernel; mean-field inference, then the per-pixel argmax. Returns bool (H, W).
     """
+    import pydensecrf.densecrf as dcrf  # here: the torch path runs where pydensecrf is not installed
+
     params = params or CRFParams()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
