@@ -100,7 +100,7 @@ def decode_rate(records, sizes, batch, workers) -> float:
 def run_discover(records, ensemble, batch, workers, device) -> tuple[float, list]:
     sync(device)
     t0 = time.perf_counter()
-    found = [(j, size, p) for j, size, p in pipeline.discover_records(records, ensemble, batch, workers, False)]
+    found = list(pipeline.discover_records(records, ensemble, batch, workers, False))
     sync(device)
     return len(found) / (time.perf_counter() - t0), found
 
@@ -132,12 +132,12 @@ def published_path(records, cfgs, extractors, n: int) -> float:
 def crf_ratio(records, cfgs, extractors, n: int) -> dict:
     """Seconds per image of the CRF step with pydensecrf and with the torch CRF, on the same patch masks."""
     out = {"pydensecrf_s": 0.0, "torch_s": 0.0, "masks": 0}
+    decoded = [np.asarray(images.decode_image(r.full_path)) for r in records[:n]]
     for c, ex in zip(cfgs, extractors, strict=True):
         if not c.crf:
             continue
-        decoded = [np.asarray(images.decode_image(r.full_path)) for r in records[:n]]
-        resized = backbones.resize(decoded, c.input_size)
-        feats = ex(backbones.normalise(torch.from_numpy(np.stack(resized))))
+        x, resized = backbones.preprocess(decoded, c.input_size)
+        feats = ex(x)
         patch = maskcut.maskcut_patches(feats, feats.shape[1:3], c.tau, c.n, maskcut.SOLVERS["fast"])
         t0 = time.perf_counter()
         for im, pm in zip(resized, patch, strict=True):
@@ -190,10 +190,9 @@ def main() -> None:
     times: dict[str, maskcut.StepTimes] = {}
     with ThreadPoolExecutor(args.threads) as threads:
         ensemble = maskcut.Ensemble(cfgs, extractors, device, threads=threads)
-        run_discover(warm, ensemble, batch, workers, device)  # warm-up: kernels, allocator, cuDNN/SDPA choice
+        _, warm_found = run_discover(warm, ensemble, batch, workers, device)  # warm-up: kernels, allocator, SDPA
         ensemble.times = times
         discover_ips, found = run_discover(records, ensemble, batch, workers, device)
-    _, warm_found = run_discover(warm, maskcut.Ensemble(cfgs, extractors, device), batch, workers, device)
     run_label(warm, warm_found, lab_extractor, head, lab, device, batch, workers)
     label_ips = run_label(records, found, lab_extractor, head, lab, device, batch, workers)
     decode_ips = decode_rate(records, ensemble.input_sizes, batch, workers)

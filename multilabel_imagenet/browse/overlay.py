@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from multilabel_imagenet.dataset import importers
+
 PALETTE = (
     (230, 25, 75),
     (60, 180, 75),
@@ -46,7 +48,7 @@ def decode_rle(mask: Mapping[str, Any], height: int, width: int, where: str) -> 
     size = [int(v) for v in mask["size"]]
     if size != [height, width]:
         raise ValueError(f"{where}: mask is {size[0]} x {size[1]}, the image {height} x {width} (h x w)")
-    return mask_utils.decode({"size": size, "counts": mask["counts"].encode("ascii")}).astype(bool)
+    return mask_utils.decode(importers.coco_rle(mask, height, width, where)).astype(bool)
 
 
 def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:

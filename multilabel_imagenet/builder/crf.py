@@ -104,15 +104,15 @@ def dense_crf_torch(images: torch.Tensor, masks: torch.Tensor, params: CRFParams
     fg = masks.reshape(b, k, h * w).float()
     unary = (2.0 * fg - 1.0).permute(0, 2, 1)  # log softmax[1-m, m]: fg minus bg logit = m - (1 - m)
     gauss_ones, bil_ones = gauss_ones.reshape(1, h * w, 1), bil_ones.reshape(b, h * w, 1)
-    constant = -(params.gaussian_compat * gauss_ones + params.bilateral_compat * bil_ones)
+    base = unary - (params.gaussian_compat * gauss_ones + params.bilateral_compat * bil_ones)
+    gauss_norm = gauss_norm.reshape(1, h * w, 1)
     logit = unary
     for _ in range(params.iterations):
         q = torch.sigmoid(logit)  # [B, H*W, K]
-        g_in = (q * gauss_norm.reshape(1, h * w, 1)).permute(1, 0, 2).reshape(h * w, b * k)
-        g_out = gauss_lattice.filter(g_in).reshape(h * w, b, k).permute(1, 0, 2) * gauss_norm.reshape(1, h * w, 1)
-        bil_in = q.reshape(b * h * w, k) * bil_norm
-        bil_out = (bilateral.filter(bil_in) * bil_norm).reshape(b, h * w, k)
-        logit = unary + constant + 2.0 * (params.gaussian_compat * g_out + params.bilateral_compat * bil_out)
+        g_in = (q * gauss_norm).permute(1, 0, 2).reshape(h * w, b * k)
+        g_out = gauss_lattice.filter(g_in).reshape(h * w, b, k).permute(1, 0, 2) * gauss_norm
+        bil_out = (bilateral.filter(q.reshape(b * h * w, k) * bil_norm) * bil_norm).reshape(b, h * w, k)
+        logit = base + 2.0 * (params.gaussian_compat * g_out + params.bilateral_compat * bil_out)
     out = (logit > 0).permute(0, 2, 1).reshape(b, k, h, w)
     return out & masks.flatten(2).any(2)[:, :, None, None]
 

@@ -192,11 +192,8 @@ def crf_on_device(
     earlier = (up.cumsum(1, dtype=torch.int32) - up.int()) > 0
     up &= ~earlier
     keep = [torch.nonzero(up[i].flatten(1).any(1)).flatten().tolist() for i in range(b)]
-    width = max(len(k) for k in keep)
     out: list[list[np.ndarray]] = [[] for _ in range(b)]
-    if width == 0:
-        return out
-    chosen = torch.zeros((b, width, *size), dtype=torch.bool, device=resized.device)
+    chosen = torch.zeros((b, max(map(len, keep)), *size), dtype=torch.bool, device=resized.device)
     for i, k in enumerate(keep):
         chosen[i, : len(k)] = up[i, k]
     chunk = CRF_CHUNK if resized.is_cuda else 1
@@ -344,7 +341,6 @@ def discover(
     ``device`` defaults to the extractor's. ``executor`` (threads or processes) runs the CPU steps per image
     (:func:`submit`); the results are the same (``times`` then misses the steps run in other processes).
     """
-    _check_config(config, extractor, solver)
     sizes = [(im.height, im.width) if isinstance(im, Image.Image) else im.shape[:2] for im in images]
     resized = torch.from_numpy(np.stack(backbones.resize(images, config.input_size)))
     device = device if device is not None else getattr(extractor, "device", "cpu")

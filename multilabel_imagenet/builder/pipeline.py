@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -158,30 +159,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """Decodes records in DataLoader workers; a failure becomes an error string, never an exception."""
-
-    def __init__(self, records: Sequence[images.ImageRecord]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, np.asarray(images.decode_image(self.records[i].full_path)), None
-        except images.ImageDecodeError as err:
-            return i, None, err.reason
-
-
-def decoded_batches(records: Sequence[images.ImageRecord], batch_size: int, num_workers: int) -> Iterator[list]:
-    """Lists of ``(index, image or None, error or None)``, decoding in ``num_workers`` processes, in order."""
-    loader = torch.utils.data.DataLoader(
-        _Decoded(records), batch_size=batch_size, num_workers=num_workers, collate_fn=list, shuffle=False
-    )
-    yield from loader
-
-
 @dataclass
 class ResizedBatch:
     """Decoded images resized to every input size of a MaskCut ensemble (one decode serves all of them)."""
@@ -196,15 +173,21 @@ class ResizedBatch:
         return replace(self, resized={k: v.pin_memory() for k, v in self.resized.items()})
 
 
-class _Resized(_Decoded):
+class _Resized(torch.utils.data.Dataset):
+    """Decodes records in DataLoader workers and resizes each image to every input size; a failure becomes an
+    error string, never an exception."""
+
     def __init__(self, records: Sequence[images.ImageRecord], input_sizes: Sequence[int]):
-        super().__init__(records)
-        self.input_sizes = input_sizes
+        self.records, self.input_sizes = records, input_sizes
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def __getitem__(self, i: int):
-        i, image, error = super().__getitem__(i)
-        if error is not None:
-            return i, None, None, error
+        try:
+            image = np.asarray(images.decode_image(self.records[i].full_path))
+        except images.ImageDecodeError as err:
+            return i, None, None, err.reason
         return i, image.shape[:2], {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
 
 
@@ -262,6 +245,27 @@ def _finished(batch: ResizedBatch, result: Callable[[], list]) -> Iterator[tuple
     yield from zip(batch.indices, batch.sizes, result(), strict=True)
 
 
+def labeler_features(
+    records: Sequence[images.ImageRecord],
+    extractor: backbones.Extractor,
+    config: LabelerConfig,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+) -> Iterator[tuple[int, torch.Tensor | str]]:
+    """The labeler backbone's patch tokens [h, w, d] (float32, on the CPU) per image as ``(position, tokens)``;
+    ``(position, reason)`` where an image no longer decodes. Decoding and resizing run in DataLoader workers,
+    the backbone on ``device``."""
+    size = config.input_size
+    for batch in resized_batches(records, [size], batch_size, num_workers, device.type == "cuda"):
+        yield from batch.errors
+        if batch.indices:
+            with torch.no_grad():
+                x = backbones.normalise(batch.resized[size].to(device, non_blocking=True))
+                tokens = extractor(x).float().cpu()
+            yield from zip(batch.indices, tokens, strict=True)
+
+
 def label_records(
     records: Sequence[images.ImageRecord],
     masks_of: Callable[[int], np.ndarray],
@@ -273,17 +277,9 @@ def label_records(
     num_workers: int,
 ) -> Iterator[tuple[int, labeler.ImageLabels | str]]:
     """The label stage over ``records``: ``(position, labels)`` per image, ``masks_of(position)`` giving its
-    proposal masks [M, H, W]; ``(position, reason)`` where an image no longer decodes. Decoding and resizing
-    run in DataLoader workers, the backbone on ``device``."""
-    size = config.input_size
-    for batch in resized_batches(records, [size], batch_size, num_workers, device.type == "cuda"):
-        yield from batch.errors
-        if not batch.indices:
-            continue
-        with torch.no_grad():
-            feats = extractor(backbones.normalise(batch.resized[size].to(device, non_blocking=True))).float().cpu()
-        for k, f in zip(batch.indices, feats, strict=True):
-            yield k, labeler.label_image(head, f, masks_of(k), config)
+    proposal masks [M, H, W]; ``(position, reason)`` where an image no longer decodes (:func:`labeler_features`)."""
+    for k, tokens in labeler_features(records, extractor, config, device, batch_size, num_workers):
+        yield k, tokens if isinstance(tokens, str) else labeler.label_image(head, tokens, masks_of(k), config)
 
 
 class Build:
@@ -507,12 +503,6 @@ class Build:
         tick(len(rows_in) - len(ok))
         return rows
 
-    def _patch_features(self, batch_images: list[np.ndarray], config: LabelerConfig) -> torch.Tensor:
-        """The labeler backbone's final patch tokens [B, h, w, d] (float32, on the CPU)."""
-        return backbones.patch_tokens(
-            self._extractor(config.backbone, "patch"), batch_images, config.input_size, self.device
-        )
-
     def train_labeler(self) -> Path:
         """Pool the selected samples' features (cached per shard), then train the head (resumable)."""
         if self.inputs.split != "train":
@@ -529,12 +519,17 @@ class Build:
                 by_path = {r.path: r for r in self.shards[i]}
                 items = []
                 records = [by_path[r["path"]] for r in rows]
-                for batch in decoded_batches(records, self.config.batch_size, self.config.num_workers):
-                    feats = self._patch_features([img for _, img, _ in batch], lab)
-                    for (j, _, _), f in zip(batch, feats, strict=True):
+                extractor = self._extractor(lab.backbone, "patch")
+                batch, workers = self.config.batch_size, self.config.num_workers
+                for j, tokens in labeler_features(records, extractor, lab, self.device, batch, workers):
+                    if isinstance(tokens, str):  # decoded in discover, not now: the file changed since
+                        warnings.warn(
+                            f"{records[j].full_path}: {tokens}; its labeler samples are left out", stacklevel=2
+                        )
+                    else:
                         samples = [(s["masks"], s["class"]) for s in samples_by_id[rows[j]["image_id"]]]
-                        items.append((f.cpu(), torch.from_numpy(_masks(rows[j])), samples))
-                    bar.update(len(batch))
+                        items.append((tokens, torch.from_numpy(_masks(rows[j])), samples))
+                    bar.update(1)
                 if items:
                     labeler.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(
                         cache_dir / f"shard-{i:05d}.safetensors.tmp"

@@ -152,5 +152,7 @@ class MaskCutProposer:
 
     def __call__(self, image: ImageLike) -> list[proposals.Proposal]:
         array = as_array(image)
-        found = [maskcut.discover([array], c, self._extractor(c))[0] for c in self.configs]
-        return proposals.merge(found, self.dedup_iou)
+        extractors = [self._extractor(c) for c in self.configs]
+        ensemble = maskcut.Ensemble(self.configs, extractors, self.device, dedup_iou=self.dedup_iou)
+        resized = {s: torch.from_numpy(np.stack(backbones.resize([array], s))) for s in ensemble.input_sizes}
+        return ensemble.submit(resized, [array.shape[:2]])()[0]

@@ -416,8 +416,8 @@ def crf_cases(scenes: int, photos: Iterable[str], size: int = 384, seed: int = 0
     rng = np.random.default_rng(seed)
     cases = []
     for name, picture in pictures:
-        image = backbones.resize([np.ascontiguousarray(picture, dtype=np.uint8)], size)[0]
-        features = extractor(backbones.normalise(torch.from_numpy(image)[None]))
+        x, (image,) = backbones.preprocess([np.ascontiguousarray(picture, dtype=np.uint8)], size)
+        features = extractor(x)
         patch_masks = maskcut.maskcut_patches(features, (grid, grid), config.tau, config.n)[0]
         yy, xx = np.mgrid[:grid, :grid]
         (cy, cx), (ry, rx) = rng.uniform(0.2, 0.8, 2) * grid, rng.uniform(0.1, 0.4, 2) * grid
