@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
 
 from multilabel_imagenet.builder import backbones
 
@@ -66,9 +67,10 @@ def test_timm_attention_features_match_what_the_attention_uses(timm_files, monke
     assert ex.model.num_prefix_tokens == prefix
     p = ex.patch_size
     images = torch.randn(2, 3, 5 * p, 7 * p)  # any multiple of the patch size, not square
-    spy = SdpaSpy(monkeypatch)
     feats = ex(images)
     assert feats.shape == (2, 5, 7, 32) and feats.dtype == torch.float32
+    spy = SdpaSpy(monkeypatch)
+    ex.model.forward_features(images)  # the whole forward pass: its last attention call is the last block's
     if rope and feature in "qk":  # rotary embeddings are applied after the projection: compare norms only
         assert torch.isfinite(feats).all()
     else:
@@ -132,9 +134,10 @@ def test_transformers_models_from_a_local_folder(hf_folders, monkeypatch, key, f
     assert ex.num_prefix == prefix
     p = ex.patch_size
     images = torch.randn(2, 3, 3 * p, 4 * p)
-    spy = SdpaSpy(monkeypatch)
     feats = ex(images)
     assert feats.shape == (2, 3, 4, 32)
+    spy = SdpaSpy(monkeypatch)
+    ex.model(pixel_values=images)  # the whole forward pass: its last attention call is the last block's
     if feature == "patch":
         expected = ex.model(pixel_values=images).last_hidden_state[:, prefix:]
         torch.testing.assert_close(feats, expected.reshape(2, 3, 4, 32))
@@ -142,6 +145,26 @@ def test_transformers_models_from_a_local_folder(hf_folders, monkeypatch, key, f
         torch.testing.assert_close(feats, spy.last(feature, prefix).reshape(2, 3, 4, 32), rtol=1e-5, atol=1e-5)
     # A bare folder path (no hf: prefix) loads the same model.
     torch.testing.assert_close(backbones.load_backbone(str(folder), feature)(images), feats)
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch8_224.dino", "vit_base_patch16_dinov3.lvd1689m", "hf:dinov2"])
+def test_attention_features_stop_the_forward_pass_at_the_last_projection(timm_files, hf_folders, monkeypatch, name):
+    if name.startswith("hf:"):
+        folder, _ = hf_folders[name[3:]]
+        load = lambda feature: backbones.load_backbone(f"hf:{folder}", feature)  # noqa: E731
+    else:
+        path, _ = timm_files[name]
+        load = lambda feature: backbones.load_backbone(name, feature, weights=path, model_kwargs=TINY)  # noqa: E731
+    attention, patch = load("v"), load("patch")
+    images = torch.randn(1, 3, 4 * patch.patch_size, 4 * patch.patch_size)
+    calls, flops = {}, {}
+    for key, ex in (("v", attention), ("patch", patch)):
+        spy = SdpaSpy(monkeypatch)
+        with FlopCounterMode(display=False) as counter:
+            ex(images)
+        calls[key], flops[key] = len(spy.calls), counter.get_total_flops()
+    assert calls == {"v": 1, "patch": 2}  # TINY has 2 blocks: the last block's attention (and MLP) never run
+    assert flops["v"] < flops["patch"]
 
 
 def test_bad_inputs_raise(timm_files):
