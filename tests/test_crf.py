@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from multilabel_imagenet.builder import crf, maskcut, synthetic
 from multilabel_imagenet.builder.configs import CRFParams
@@ -53,6 +54,26 @@ def test_without_crf_holes_are_filled_and_the_self_check_drops_rings():
     ring[4:36, 4:36] = False  # thin ring: filling it more than doubles it, IoU < 0.5
     assert crf.refine(image, ring, use_crf=False) is None
     assert crf.refine(image, np.zeros((40, 40), bool), use_crf=True) is None
+
+
+def test_fill_holes_equals_scipy():
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.zeros((1, 1), bool), np.ones((1, 1), bool)]
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7], ring[3:6, 3:6] = True, False
+    diagonal_gap = ring.copy()
+    diagonal_gap[2, 2] = False  # a hole still: the background is 4-connected
+    open_ring = ring.copy()
+    open_ring[4, 2] = False  # a channel to the outside: no hole
+    edge_ring = np.zeros((6, 6), bool)
+    edge_ring[0:4, 0:4], edge_ring[1:3, 1:3] = True, False  # a hole next to the image border
+    cases += [ring, diagonal_gap, open_ring, edge_ring]
+    for _ in range(2000):
+        m = rng.random(tuple(rng.integers(1, 30, 2))) < rng.random()
+        cases.append(ndimage.binary_dilation(m, iterations=int(rng.integers(1, 3))) if rng.random() < 0.4 else m)
+    for m in cases:
+        np.testing.assert_array_equal(crf.fill_holes(m), ndimage.binary_fill_holes(m))
+    assert crf.fill_holes(ring)[4, 4] and crf.fill_holes(diagonal_gap)[4, 4] and not crf.fill_holes(open_ring)[4, 4]
 
 
 def test_bad_inputs_raise():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from multilabel_imagenet.builder import maskcut, ncut
@@ -136,6 +137,23 @@ def test_full_resolution_is_nearest_and_disjoint():
     up = maskcut.full_resolution([a, b], (8, 8))
     assert up[0].sum() == 16 and up[0][2:6, 2:6].all()
     assert up[1].sum() == 16 - 4 and not (up[0] & up[1]).any()
+
+
+def test_full_resolution_equals_torch_nearest_upsampling_then_disjointness():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        grid = tuple(int(v) for v in rng.integers(2, 12, 2))
+        size = tuple(int(v) for v in rng.integers(1, 50, 2))  # also not multiples of the grid, also smaller
+        masks = [rng.random(grid) < 0.4 for _ in range(3)]
+        literal, taken = [], np.zeros(size, bool)
+        for m in masks:
+            up = F.interpolate(torch.from_numpy(m)[None, None].float(), size=size, mode="nearest")[0, 0].numpy() > 0
+            literal.append(up & ~taken)
+            taken |= up
+        for got, want in zip(maskcut.full_resolution(masks, size), literal, strict=True):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="differ in shape"):
+        maskcut.full_resolution([np.zeros((2, 2), bool), np.zeros((3, 3), bool)], (6, 6))
 
 
 def test_fast_and_exact_solvers_agree_on_50_feature_maps():

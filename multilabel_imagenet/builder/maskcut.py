@@ -141,15 +141,24 @@ def maskcut_patches(
 
 
 def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    """Step 8: nearest upsampling of each (h', w') mask to ``size`` = (H, W), minus all earlier masks."""
+    """Step 8: nearest upsampling of each (h', w') mask to ``size`` = (H, W), minus all earlier masks.
+
+    Nearest upsampling picks a patch per pixel, so it commutes with the set operations: the masks are made
+    disjoint on the patch grid, then upsampled.
+    """
     out: list[np.ndarray] = []
-    taken = np.zeros(size, dtype=bool)
+    if not patch_masks:
+        return out
+    grid = patch_masks[0].shape
+    rows = (np.arange(size[0]) * grid[0]) // size[0]  # torch 'nearest': floor(dst * in / out)
+    cols = (np.arange(size[1]) * grid[1]) // size[1]
+    taken = np.zeros(grid, dtype=bool)
     for m in patch_masks:
-        rows = (np.arange(size[0]) * m.shape[0]) // size[0]  # torch 'nearest': floor(dst * in / out)
-        cols = (np.arange(size[1]) * m.shape[1]) // size[1]
-        up = m[rows[:, None], cols[None, :]] & ~taken
-        taken |= up
-        out.append(up)
+        if m.shape != grid:
+            raise ValueError(f"patch masks of one image differ in shape: {m.shape} and {grid}")
+        own = m & ~taken
+        taken |= own
+        out.append(own.take(rows, axis=0).take(cols, axis=1))
     return out
 
 
