@@ -185,10 +185,10 @@ class _Resized(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            image = np.asarray(images.decode_image(self.records[i].full_path))
+            image = images.decode_image(self.records[i].full_path)
         except images.ImageDecodeError as err:
             return i, None, None, err.reason
-        return i, image.shape[:2], {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
+        return i, (image.height, image.width), {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
 
 
 def _collate_resized(items: list) -> ResizedBatch:
