@@ -147,6 +147,18 @@ def test_torch_crf_batches_images_and_masks_independently():
     assert torch.equal(batched[1, 1], crf.dense_crf_torch(images[1:], masks[None, :1])[0, 0])
 
 
+def test_torch_crf_reuses_the_gaussian_lattice_of_a_size_without_changing_results():
+    image, _, raw = disc_image()
+    images, masks = torch.from_numpy(image)[None], torch.from_numpy(raw)[None, None]
+    crf._gaussian.cache_clear()
+    cold = crf.dense_crf_torch(images, masks)
+    crf.dense_crf_torch(torch.from_numpy(image[:-8, :-4].copy())[None], masks[..., :-8, :-4])  # another size
+    warm = crf.dense_crf_torch(images, masks)
+    info = crf._gaussian.cache_info()
+    assert torch.equal(cold, warm) and cold.any()
+    assert (info.misses, info.hits) == (2, 1)  # built once per size, reused for the same size
+
+
 def test_torch_crf_bad_inputs_raise():
     with pytest.raises(ValueError, match="uint8"):
         crf.dense_crf_torch(torch.zeros(1, 4, 4, 3), torch.zeros(1, 1, 4, 4, dtype=torch.bool))

@@ -11,6 +11,8 @@ Two implementations of the same fully connected CRF (Kraehenbuehl & Koltun 2011)
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -68,6 +70,25 @@ def _normaliser(lattice: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
     return norm, norm * lattice.filter(norm)
 
 
+@functools.lru_cache(maxsize=8)
+def _gaussian(
+    h: int, w: int, sxy: float, device: torch.device
+) -> tuple[torch.Tensor, Lattice, torch.Tensor, torch.Tensor]:
+    """The pixel positions (x, y) of an h x w image, the Gaussian kernel's lattice over them and its normaliser.
+
+    They depend on nothing but the size, so they are built once per size and device (every image of a
+    MaskCut configuration has the same size) and shared, read-only, by all later calls.
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    xy = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)  # pydensecrf's feature order: x, y
+    lattice = Lattice(xy / sxy)
+    return (xy, lattice, *_normaliser(lattice))
+
+
 @torch.no_grad()
 def dense_crf_torch(images: torch.Tensor, masks: torch.Tensor, params: CRFParams | None = None) -> torch.Tensor:
     """Refine K binary masks on each of B images at once: ``images`` (B, H, W, 3) uint8, ``masks`` (B, K, H, W)
@@ -86,14 +107,7 @@ def dense_crf_torch(images: torch.Tensor, masks: torch.Tensor, params: CRFParams
     if masks.ndim != 4 or masks.shape[0] != b or tuple(masks.shape[2:]) != (h, w):
         raise ValueError(f"masks must be B x K x H x W = {b} x K x {h} x {w}, got {tuple(masks.shape)}")
     k, device = masks.shape[1], images.device
-    rows, cols = torch.meshgrid(
-        torch.arange(h, device=device, dtype=torch.float32),
-        torch.arange(w, device=device, dtype=torch.float32),
-        indexing="ij",
-    )
-    xy = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)  # pydensecrf's feature order: x, y
-    gauss_lattice = Lattice(xy / params.gaussian_sxy)
-    gauss_norm, gauss_ones = _normaliser(gauss_lattice)
+    xy, gauss_lattice, gauss_norm, gauss_ones = _gaussian(h, w, params.gaussian_sxy, device)
     rgb = images.reshape(b * h * w, 3).float() / params.bilateral_srgb
     position = (xy / params.bilateral_sxy).repeat(b, 1)
     groups = torch.arange(b, device=device).repeat_interleave(h * w)
