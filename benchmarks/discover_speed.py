@@ -2,8 +2,9 @@
 
 For each configuration of a preset (default: the paper's four plus the synthetic one), runs steps 1-10 on
 synthetic scenes and records images per second overall and seconds per image in each step: features
-(resize + backbone forward), cut (affinity + normalised cuts, all N iterations), CRF (upsampling, CRF or hole
-filling, self-check) and encoding (resize to the original size, RLE). On CPU always, and on CUDA as well where
+(resize + backbone forward), cut (affinity + normalised cuts, all N iterations), crf (the torch CRF), check
+(upsampling, hole filling, self-check; the CRF too for the pydensecrf backend) and encode (resize to the
+original size, RLE). On CPU always, and on CUDA as well where
 a GPU is present (its name goes into the JSON).
 
 Offline, the ViT configurations run their real architectures with RANDOM weights (pass --weights-dir with

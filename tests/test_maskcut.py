@@ -318,7 +318,8 @@ def test_ensemble_with_threads_equals_each_configuration_merged():
         assert ensemble.input_sizes == (256, 384)
         got = ensemble.submit(resized, sizes)()
     assert got == expected and sum(map(len, got)) >= 3
-    assert times["no_crf"].images == 3 and times["colour_texture"].crf > 0
+    assert times["no_crf"].images == 3 and times["no_crf"].check > 0
+    assert times["colour_texture"].crf > 0 and times["colour_texture"].check > 0
     with pytest.raises(ValueError, match="2 configurations but 1 extractors"):
         maskcut.Ensemble(cfgs, [ex])
 

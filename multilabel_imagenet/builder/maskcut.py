@@ -169,11 +169,17 @@ CRF_CHUNK = 8
 
 @dataclass
 class StepTimes:
-    """Seconds spent per step of the stage, summed over the images of a run (thread-safe :meth:`add`)."""
+    """Seconds spent per step of the stage, summed over the images of a run (thread-safe :meth:`add`).
+
+    ``features``, ``cut`` and the torch CRF's ``crf`` run on the device in the calling thread; ``check``
+    (step 8 and the hole filling and self-check of step 9, plus the CRF itself for the pydensecrf backend) and
+    ``encode`` (step 10) run in the executor, overlapping the next batch's device steps.
+    """
 
     features: float = 0.0
     cut: float = 0.0
     crf: float = 0.0
+    check: float = 0.0
     encode: float = 0.0
     images: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -183,7 +189,7 @@ class StepTimes:
             setattr(self, step, getattr(self, step) + seconds)
 
     def as_dict(self) -> dict:
-        return {"features": self.features, "cut": self.cut, "crf": self.crf, "encode": self.encode}
+        return {"features": self.features, "cut": self.cut, "crf": self.crf, "check": self.check, "encode": self.encode}
 
 
 def crf_on_device(
@@ -245,7 +251,7 @@ def proposals_from_patches(
         if p is not None:
             out.append(p)
     if times is not None:
-        times.add("crf", t1 - t0)
+        times.add("check", t1 - t0)
         times.add("encode", time.perf_counter() - t1)
     return out
 
