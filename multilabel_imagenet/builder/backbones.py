@@ -112,7 +112,7 @@ def _split_heads_norm(t: torch.Tensor, norm: torch.nn.Module | None, heads: int)
 class _Captured(Exception):
     """Raised by a hook once the last block's q/k/v projection input (timm) or output (transformers) is
     captured: nothing after it changes those features, so the rest of the forward pass is skipped (the last
-    block's attention and MLP: 2-8% of the backbone's FLOPs in the paper's ensemble)."""
+    block's attention and MLP: 2.8% of the paper ensemble's FLOPs, benchmarks/paper_bounds.py)."""
 
 
 class TimmExtractor:

@@ -32,15 +32,13 @@ from scipy import ndimage
 from multilabel_imagenet.builder import backbones, crf, ncut
 from multilabel_imagenet.builder.backbones import Extractor
 from multilabel_imagenet.builder.configs import DEFAULT_DEDUP_IOU, CRFParams, MaskCutConfig
-from multilabel_imagenet.builder.crf import mask_iou
+from multilabel_imagenet.builder.crf import FOUR_CONNECTED, mask_iou
 from multilabel_imagenet.builder.proposals import Proposal, encode, merge, resize_mask
 
 # REFERENCE.md section 1 step 7: from the 2nd iteration on, a mask is dropped when its IoU with the previous
 # iteration's mask exceeds 0.5 or its area is at most 1% of the grid.
 DROP_IOU = 0.5
 DROP_AREA_FRACTION = 0.01
-# scipy.ndimage.label's default structure in 2-D: 4-connectivity (step 6).
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 # Entries of x within this fraction of max|x| of the maximum count as tied, and ties go to the lowest patch
@@ -75,7 +73,7 @@ def seed_component(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     if corners >= 3 or not candidate[seed]:
         x, candidate = -x, ~candidate
     seed = first_argmax(x)
-    labels, _ = ndimage.label(candidate.reshape(h, w), structure=FOUR_CONNECTED)
+    labels, _ = ndimage.label(candidate.reshape(h, w), structure=FOUR_CONNECTED)  # step 6: 4-connected
     seed_label = labels.flat[seed]
     if seed_label == 0:  # cannot happen for a finite x; never return the background as an object
         return np.zeros((h, w), dtype=bool)
