@@ -20,12 +20,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
@@ -138,26 +137,39 @@ def maskcut_patches(
     return masks
 
 
-def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    """Step 8: nearest upsampling of each (h', w') mask to ``size`` = (H, W), minus all earlier masks.
-
-    Nearest upsampling picks a patch per pixel, so it commutes with the set operations: the masks are made
-    disjoint on the patch grid, then upsampled.
-    """
+def disjoint(patch_masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Step 8's disjointness on the patch grid: each mask minus all earlier ones."""
     out: list[np.ndarray] = []
     if not patch_masks:
         return out
     grid = patch_masks[0].shape
-    rows = (np.arange(size[0]) * grid[0]) // size[0]  # torch 'nearest': floor(dst * in / out)
-    cols = (np.arange(size[1]) * grid[1]) // size[1]
     taken = np.zeros(grid, dtype=bool)
     for m in patch_masks:
         if m.shape != grid:
             raise ValueError(f"patch masks of one image differ in shape: {m.shape} and {grid}")
         own = m & ~taken
         taken |= own
-        out.append(own.take(rows, axis=0).take(cols, axis=1))
+        out.append(own)
     return out
+
+
+def nearest_indices(grid: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The source row and column of every pixel when an (h', w') grid is upsampled to ``size`` = (H, W)
+    (torch 'nearest': floor(dst * in / out))."""
+    return (np.arange(size[0]) * grid[0]) // size[0], (np.arange(size[1]) * grid[1]) // size[1]
+
+
+def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Step 8: nearest upsampling of each (h', w') mask to ``size`` = (H, W), minus all earlier masks.
+
+    Nearest upsampling picks a patch per pixel, so it commutes with the set operations: the masks are made
+    disjoint on the patch grid (:func:`disjoint`), then upsampled.
+    """
+    own = disjoint(patch_masks)
+    if not own:
+        return own
+    rows, cols = nearest_indices(own[0].shape, size)
+    return [m.take(rows, axis=0).take(cols, axis=1) for m in own]
 
 
 # Images per torch-CRF call on CUDA: bounds the lattices' memory (a few hundred MB per 480-px image). On the
@@ -187,7 +199,8 @@ class StepTimes:
             setattr(self, step, getattr(self, step) + seconds)
 
     def as_dict(self) -> dict:
-        return {"features": self.features, "cut": self.cut, "crf": self.crf, "check": self.check, "encode": self.encode}
+        """Seconds per step (every field but the image count)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "_lock")}
 
 
 def crf_on_device(
@@ -195,20 +208,22 @@ def crf_on_device(
 ) -> list[list[np.ndarray]]:
     """Steps 8-9's CRF for a batch on ``resized``'s device with :func:`crf.dense_crf_torch`.
 
-    ``resized``: (B, S, S, 3) uint8; ``patch_masks``: per image its N patch masks. Upsamples (nearest) and
-    makes the masks disjoint as :func:`full_resolution` does, then refines every non-empty mask; returns per
+    ``resized``: (B, S, S, 3) uint8; ``patch_masks``: per image its N patch masks. Makes the masks disjoint
+    and upsamples the non-empty ones as :func:`full_resolution` does, then refines them; returns per
     image the refined masks (bool (S, S), on the CPU) in the order of :func:`full_resolution`'s non-empty ones.
     """
-    b, size = resized.shape[0], resized.shape[1:3]
-    grids = torch.from_numpy(np.stack([np.stack(m) for m in patch_masks])).to(resized.device)  # [B, N, h', w']
-    up = F.interpolate(grids.float(), size=tuple(size), mode="nearest") > 0.5
-    earlier = (up.cumsum(1, dtype=torch.int32) - up.int()) > 0
-    up &= ~earlier
-    keep = [torch.nonzero(up[i].flatten(1).any(1)).flatten().tolist() for i in range(b)]
+    b, size = resized.shape[0], tuple(resized.shape[1:3])
+    own = [disjoint(m) for m in patch_masks]
+    keep = [[m for m in masks if m.any()] for masks in own]
     out: list[list[np.ndarray]] = [[] for _ in range(b)]
-    chosen = torch.zeros((b, max(map(len, keep)), *size), dtype=torch.bool, device=resized.device)
-    for i, k in enumerate(keep):
-        chosen[i, : len(k)] = up[i, k]
+    most = max(map(len, keep), default=0)
+    if most == 0:
+        return out
+    grids = np.zeros((b, most, *patch_masks[0][0].shape), dtype=bool)
+    for i, masks in enumerate(keep):
+        grids[i, : len(masks)] = masks
+    rows, cols = (torch.from_numpy(x).to(resized.device) for x in nearest_indices(grids.shape[2:], size))
+    chosen = torch.from_numpy(grids).to(resized.device)[:, :, rows][:, :, :, cols]  # [B, K, S, S]
     chunk = CRF_CHUNK if resized.is_cuda else 1
     for lo in range(0, b, chunk):
         k = max(len(keep[i]) for i in range(lo, min(lo + chunk, b)))
@@ -321,7 +336,7 @@ def submit(
         times.add("images", len(sizes))
     executor = executor or InlineExecutor()
     images = resized.cpu().numpy()
-    in_process = isinstance(executor, (InlineExecutor, ThreadPoolExecutor))
+    in_process = not isinstance(executor, ProcessPoolExecutor)  # times can only be summed in this process
     return [
         executor.submit(
             proposals_from_patches,
