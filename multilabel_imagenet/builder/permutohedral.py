@@ -29,9 +29,8 @@ def _elevate(features: torch.Tensor) -> torch.Tensor:
     scale = math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt((i + 1) * (i + 2))
     cf = features * scale
     suffix = torch.cat([cf.flip(1).cumsum(1).flip(1), cf.new_zeros(p, 1)], dim=1)  # sum_{i >= j} cf_i, j = 0..d
-    elevated = suffix.clone()
-    elevated[:, 1:] -= (i + 1) * cf
-    return elevated
+    suffix[:, 1:] -= (i + 1) * cf
+    return suffix
 
 
 def _simplex(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,17 +79,14 @@ class Lattice:
         codes, strides = self._encode(rem0[:, :d], rank[:, :d], canonical, groups)
         self.vertices, inverse = torch.unique(codes, return_inverse=True)
         self.offsets = inverse.view(p, d1)  # [P, d+1] vertex index of each simplex corner
-        self.weights = bary.to(torch.float32)  # [P, d+1]
+        self.weights = bary  # [P, d+1] float32
         m = len(self.vertices)
         # Neighbours along direction j: the key moves by -1 in every coordinate and by +d+1 more in coordinate
         # j (for j = d only the implicit last coordinate moves). Codes are linear in the key.
         step = torch.full((d1, d), -1, dtype=torch.long, device=features.device)
         step[torch.arange(d), torch.arange(d)] += d1
         deltas = (step * strides).sum(1)  # [d+1]
-        dummy = torch.full((1,), m, dtype=torch.long, device=features.device)
-        self.neighbours = [
-            torch.cat([self._find(self.vertices + sign * deltas[j]), dummy]) for j in range(d1) for sign in (1, -1)
-        ]
+        self.neighbours = [n for j in range(d1) for n in self._neighbours(deltas[j])]
         self.num_points, self.num_vertices = p, m
 
     @staticmethod
@@ -122,6 +118,18 @@ class Lattice:
         for k in range(d):
             codes += canonical[:, rank[:, k]].T * strides[k]
         return codes.reshape(-1), strides
+
+    def _neighbours(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each vertex's neighbour at code + delta and at code - delta, (M + 1,) each (M: none; row M: M).
+
+        Codes are unique, so b is a's neighbour at +delta exactly when a is b's at -delta: one search gives both.
+        """
+        m = len(self.vertices)
+        plus = self._find(self.vertices + delta)
+        found = plus < m
+        minus = torch.full((m + 1,), m, dtype=torch.long, device=plus.device)
+        minus[plus[found]] = torch.arange(m, device=plus.device)[found]
+        return torch.cat([plus, plus.new_full((1,), m)]), minus
 
     def _find(self, codes: torch.Tensor) -> torch.Tensor:
         """Index of each code among the vertices, or the dummy index M where there is no such vertex."""
