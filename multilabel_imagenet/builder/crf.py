@@ -107,18 +107,18 @@ def dense_crf_torch(images: torch.Tensor, masks: torch.Tensor, params: CRFParams
     if masks.ndim != 4 or masks.shape[0] != b or tuple(masks.shape[2:]) != (h, w):
         raise ValueError(f"masks must be B x K x H x W = {b} x K x {h} x {w}, got {tuple(masks.shape)}")
     k, device = masks.shape[1], images.device
-    xy, gauss_lattice, gauss_norm, gauss_ones = _gaussian(h, w, params.gaussian_sxy, device)
+    xy, gauss_lattice, gauss_norm, gauss_const = _gaussian(h, w, params.gaussian_sxy, device)
     rgb = images.reshape(b * h * w, 3).float() / params.bilateral_srgb
     position = (xy / params.bilateral_sxy).repeat(b, 1)
     groups = torch.arange(b, device=device).repeat_interleave(h * w)
     bilateral = Lattice(torch.cat([position, rgb], dim=1), groups)
-    bil_norm, bil_ones = _normaliser(bilateral)
+    bil_norm, bil_const = _normaliser(bilateral)
 
     # [B*K, H*W] per mask -> the Gaussian lattice filters [H*W, B*K]; the bilateral one [B*H*W, K].
     fg = masks.reshape(b, k, h * w).float()
     unary = (2.0 * fg - 1.0).permute(0, 2, 1)  # log softmax[1-m, m]: fg minus bg logit = m - (1 - m)
-    gauss_ones, bil_ones = gauss_ones.reshape(1, h * w, 1), bil_ones.reshape(b, h * w, 1)
-    base = unary - (params.gaussian_compat * gauss_ones + params.bilateral_compat * bil_ones)
+    gauss_const, bil_const = gauss_const.reshape(1, h * w, 1), bil_const.reshape(b, h * w, 1)
+    base = unary - (params.gaussian_compat * gauss_const + params.bilateral_compat * bil_const)
     gauss_norm = gauss_norm.reshape(1, h * w, 1)
     logit = unary
     for _ in range(params.iterations):
