@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +115,35 @@ class _Captured(Exception):
     block's attention and MLP: 2.8% of the paper ensemble's FLOPs, benchmarks/paper_bounds.py)."""
 
 
+def _forward(
+    forward: Callable[[], torch.Tensor],
+    device: torch.device,
+    module: torch.nn.Module | None = None,
+    *,
+    pre: bool = False,
+) -> torch.Tensor:
+    """``forward()`` under :func:`_autocast`; with ``module``, the input (``pre``) or output of its first call
+    instead, the pass stopped there."""
+    if module is None:
+        with _autocast(device):
+            return forward()
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: torch.nn.Module, args: tuple, kwargs_or_output) -> None:
+        captured.append((args[0] if args else kwargs_or_output["x"]) if pre else kwargs_or_output)
+        raise _Captured
+
+    hook = module.register_forward_pre_hook(grab, with_kwargs=True) if pre else module.register_forward_hook(grab)
+    try:
+        with _autocast(device), contextlib.suppress(_Captured):
+            forward()
+    finally:
+        hook.remove()
+    if not captured:
+        raise RuntimeError(f"the forward pass never reached {type(module).__name__}")
+    return captured[0]
+
+
 class TimmExtractor:
     """Features of a timm ViT (VisionTransformer: DINO, DINOv2 with/without registers; Eva: DINOv3)."""
 
@@ -148,25 +177,11 @@ class TimmExtractor:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         gh, gw = _check_input(images, self.patch_size)
         images = images.to(self.device)
-        captured: dict[str, torch.Tensor] = {}
-        attn = self.model.blocks[-1].attn
-        hook = None
-        if self.feature != "patch":
-
-            def grab(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-                captured["x"] = args[0] if args else kwargs["x"]
-                raise _Captured
-
-            hook = attn.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
+        attn = None if self.feature == "patch" else self.model.blocks[-1].attn
+        tokens = _forward(lambda: self.model.forward_features(images), self.device, attn, pre=True)
+        if attn is not None:  # tokens: the last attention's input
             with _autocast(self.device):
-                try:
-                    tokens = self.model.forward_features(images)
-                except _Captured:
-                    tokens = self._qkv(attn, captured["x"])
-        finally:
-            if hook is not None:
-                hook.remove()
+                tokens = self._qkv(attn, tokens)
         patches = tokens[:, self.model.num_prefix_tokens :].float()
         return patches.reshape(images.shape[0], gh, gw, -1)
 
@@ -193,22 +208,8 @@ class HFExtractor:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         gh, gw = _check_input(images, self.patch_size)
         images = images.to(self.device)
-        captured: dict[str, torch.Tensor] = {}
-        hook = None
-        if self.feature != "patch":
-
-            def grab(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-                captured["t"] = output
-                raise _Captured
-
-            hook = getattr(self.attn, f"{self.feature}_proj").register_forward_hook(grab)
-        try:
-            with _autocast(self.device), contextlib.suppress(_Captured):
-                captured["t"] = self.model(pixel_values=images).last_hidden_state
-        finally:
-            if hook is not None:
-                hook.remove()
-        tokens = captured["t"]
+        projection = None if self.feature == "patch" else getattr(self.attn, f"{self.feature}_proj")
+        tokens = _forward(lambda: self.model(pixel_values=images).last_hidden_state, self.device, projection)
         patches = tokens[:, self.num_prefix :].float()
         return patches.reshape(images.shape[0], gh, gw, -1)
 
