@@ -21,25 +21,25 @@ import json
 import time
 from pathlib import Path
 
+import gpu_throughput
 import machine
-import timm
 import torch
 
 from multilabel_imagenet.builder import backbones, configs, maskcut, synthetic
 
 
-def extractor_for(config: configs.MaskCutConfig, device: str, weights_dir: Path | None) -> tuple:
+def extractor_and_weights(config: configs.MaskCutConfig, device: str, weights_dir: Path | None) -> tuple:
+    """The configuration's extractor and what its weights are, for the JSON."""
     if config.backbone == backbones.COLOUR_TEXTURE:
         return backbones.load_backbone(config.backbone, config.feature), "none (non-learned)"
     weights = weights_dir / f"{config.name}.safetensors" if weights_dir else None
     if weights is not None and weights.is_file():
         return backbones.load_backbone(config.backbone, config.feature, weights=weights, device=device), str(weights)
-    model = timm.create_model(config.backbone, pretrained=False, num_classes=0, dynamic_img_size=True)
-    return backbones.TimmExtractor(model.to(device), config.feature), "random (architecture only)"
+    return gpu_throughput.extractor_for(config.backbone, config.feature, device), "random (architecture only)"
 
 
 def run(config: configs.MaskCutConfig, device: str, images: list, weights_dir: Path | None, batch: int) -> dict:
-    ex, weights = extractor_for(config, device, weights_dir)
+    ex, weights = extractor_and_weights(config, device, weights_dir)
     maskcut.discover(images[:1], config, ex)  # warm-up
     times = maskcut.StepTimes()
     proposals = 0

@@ -60,6 +60,7 @@ BF16_PEAK_TFLOPS = {
     "A10": 125.0,
     "RTX 4090": 165.0,
 }
+IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split
 
 
 def peak_tflops(device_name: str | None, override: float | None) -> float | None:
@@ -71,11 +72,14 @@ def peak_tflops(device_name: str | None, override: float | None) -> float | None
     return None
 
 
-def extractor_for(backbone: str, feature: str, device: torch.device) -> backbones.Extractor:
+def extractor_for(backbone: str, feature: str, device: str | torch.device) -> backbones.Extractor:
+    """The colour/texture extractor, or timm model ``backbone`` with random weights built on ``device`` (on the
+    meta device nothing is allocated)."""
     if backbone == backbones.COLOUR_TEXTURE:
         return backbones.load_backbone(backbone, feature)
-    model = timm.create_model(backbone, pretrained=False, num_classes=0, dynamic_img_size=True)
-    return backbones.TimmExtractor(model.to(device), feature)
+    with torch.device(device):
+        model = timm.create_model(backbone, pretrained=False, num_classes=0, dynamic_img_size=True)
+    return backbones.TimmExtractor(model, feature)
 
 
 def flops_per_image(extractor: backbones.Extractor, size: int, device: torch.device) -> float:
@@ -100,7 +104,7 @@ def decode_rate(records, sizes, batch, workers) -> float:
 def run_discover(records, ensemble, batch, workers, device) -> tuple[float, list]:
     sync(device)
     t0 = time.perf_counter()
-    found = list(pipeline.discover_records(records, ensemble, batch, workers, False))
+    found = list(pipeline.discover_records(records, ensemble, batch, workers, device.type == "cuda"))
     sync(device)
     return len(found) / (time.perf_counter() - t0), found
 
@@ -130,7 +134,9 @@ def published_path(records, cfgs, extractors, n: int) -> float:
 
 
 def crf_ratio(records, cfgs, extractors, n: int) -> dict:
-    """Seconds per image of the CRF step with pydensecrf and with the torch CRF, on the same patch masks."""
+    """Seconds of the CRF step with pydensecrf (per mask, as published) and with the stage's torch CRF
+    (``maskcut.crf_on_device``) on the same patch masks of this run's configurations; ``crf_agreement.py``
+    compares the two CRFs' masks and speed on a fixed varied set instead."""
     out = {"pydensecrf_s": 0.0, "torch_s": 0.0, "masks": 0}
     decoded = [np.asarray(images.decode_image(r.full_path)) for r in records[:n]]
     for c, ex in zip(cfgs, extractors, strict=True):
@@ -153,18 +159,9 @@ def crf_ratio(records, cfgs, extractors, n: int) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", help="MaskCut preset (default: paper on CUDA, synthetic on CPU)")
-    parser.add_argument("--images", type=int, help="images per measurement (default: 64 on CUDA, 16 on CPU)")
-    parser.add_argument("--batch", type=int, help="images per batch (default: 32 on CUDA, 8 on CPU)")
-    parser.add_argument("--workers", type=int, help="decoding processes (default: min(8, cores) on CUDA, 1 on CPU)")
-    parser.add_argument("--threads", type=int, default=4, help="threads for the CPU steps of MaskCut")
-    parser.add_argument("--published-images", type=int, default=2, help="images for the published-style path")
-    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("gpu_throughput.json"))
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace, root: Path) -> dict:
+    """Every figure of the JSON, on synthetic scenes written to ``root``."""
+    described = machine.describe()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = args.preset or ("paper" if cuda else "synthetic")
@@ -172,20 +169,16 @@ def main() -> None:
     batch = args.batch or (32 if cuda else 8)
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 1)
     cfgs = list(configs.preset(preset))
-    lab = labeler.LabelerConfig() if preset != "synthetic" else labeler.LabelerConfig("colour-texture", 256)
+    lab = labeler.LabelerConfig() if preset != "synthetic" else labeler.LabelerConfig(backbones.COLOUR_TEXTURE, 256)
 
-    root = Path(tempfile.mkdtemp(prefix="gpu-throughput-"))
     synthetic.write_mini_imagenet(root, n_images + batch, 0)
     records = images.open_source(root / "train")
     warm, records = records[:batch], records[batch : batch + n_images]
 
     extractors = [extractor_for(c.backbone, c.feature, device) for c in cfgs]
     lab_extractor = extractor_for(lab.backbone, "patch", device)
-    gen = torch.Generator().manual_seed(0)
     probe = lab_extractor(torch.zeros(1, 3, lab.input_size, lab.input_size, device=device))
     head = labeler.LabelerHead(probe.shape[-1], lab.hidden).to(device).eval()
-    for p in head.parameters():
-        p.data.copy_(torch.randn(p.shape, generator=gen) * 0.02)
 
     times: dict[str, maskcut.StepTimes] = {}
     with ThreadPoolExecutor(args.threads) as threads:
@@ -197,8 +190,7 @@ def main() -> None:
     label_ips = run_label(records, found, lab_extractor, head, lab, device, batch, workers)
     decode_ips = decode_rate(records, ensemble.input_sizes, batch, workers)
 
-    device_name = torch.cuda.get_device_name(0) if cuda else None
-    peak = peak_tflops(device_name, args.peak_tflops)
+    peak = peak_tflops(described["gpu"], args.peak_tflops)
     per_config = []
     backbone_flops = backbone_seconds = 0.0
     for c, ex in zip(cfgs, extractors, strict=True):
@@ -213,11 +205,13 @@ def main() -> None:
                 "backbone_gflops_per_image": flops / 1e9,
             }
         )
-    lab_flops = flops_per_image(lab_extractor, lab.input_size, device) if lab.backbone != "colour-texture" else 0.0
+    lab_flops = (
+        flops_per_image(lab_extractor, lab.input_size, device) if lab.backbone != backbones.COLOUR_TEXTURE else 0.0
+    )
     achieved = backbone_flops / backbone_seconds if backbone_seconds else 0.0
     end_to_end = 1.0 / (1.0 / discover_ips + 1.0 / label_ips)
-    out = machine.describe() | {
-        "device": device_name or "cpu",
+    out = described | {
+        "device": described["gpu"] or "cpu",
         "timm": timm.__version__,
         "preset": preset,
         "weights": "random (architecture only)",
@@ -237,13 +231,29 @@ def main() -> None:
         "backbone_tflops_achieved": achieved / 1e12,
         "bf16_peak_tflops": peak,
         "backbone_fraction_of_peak": achieved / (peak * 1e12) if peak else None,
-        "imagenet_train_gpu_hours": 1_281_167 / end_to_end / 3600,
+        "imagenet_train_gpu_hours": IMAGENET_TRAIN / end_to_end / 3600,
     }
     if not cuda:
         published = published_path(records, cfgs, extractors, args.published_images)
         out["published_style_images_per_s"] = published
         out["discover_over_published_style"] = discover_ips / published
         out["crf"] = crf_ratio(records, cfgs, extractors, min(4, n_images))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", help="MaskCut preset (default: paper on CUDA, synthetic on CPU)")
+    parser.add_argument("--images", type=int, help="images per measurement (default: 64 on CUDA, 16 on CPU)")
+    parser.add_argument("--batch", type=int, help="images per batch (default: 32 on CUDA, 8 on CPU)")
+    parser.add_argument("--workers", type=int, help="decoding processes (default: min(8, cores) on CUDA, 1 on CPU)")
+    parser.add_argument("--threads", type=int, default=4, help="threads for the CPU steps of MaskCut")
+    parser.add_argument("--published-images", type=int, default=2, help="images for the published-style path")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("gpu_throughput.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gpu-throughput-") as tmp:
+        out = measure(args, Path(tmp))
     print(json.dumps(out, indent=2))
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 
