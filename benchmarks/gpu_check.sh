@@ -19,9 +19,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_check_device.txt"
 python3 -c "import torch, timm, pyarrow; print('torch', torch.__version__, 'timm', timm.__version__,
     'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$out/gpu_check_device.txt"
+mapfile -t gpu_tests < <(grep -l 'pytest.mark.gpu' tests/test_*.py)  # every test file with a CUDA test
 timeout "${GPU_TESTS_S:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
-    tests/test_crf.py tests/test_maskcut.py tests/test_ncut.py tests/test_backbones.py tests/test_pipeline.py \
-    2>&1 | tee "$out/gpu_check_tests.txt" | tail -30
+    "${gpu_tests[@]}" 2>&1 | tee "$out/gpu_check_tests.txt" | tail -30
 tests=${PIPESTATUS[0]}
 PYTHONUNBUFFERED=1 timeout "${GPU_BENCH_S:-300}" python3 benchmarks/gpu_throughput.py \
     --out "$out/gpu_throughput.json" > "$out/gpu_check_throughput.txt" 2>&1

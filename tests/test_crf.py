@@ -122,7 +122,7 @@ def test_torch_crf_equals_pydensecrf_on_the_disc():
 
 
 def test_torch_crf_agrees_with_pydensecrf_on_photographs_and_scenes():
-    """The agreement of benchmarks/crf_agreement.py (there: mean IoU >= 0.95 required), on a smaller set."""
+    """The agreement benchmarks/crf_agreement.py records (it checks nothing), pinned here on a smaller set."""
     pytest.importorskip("skimage", reason="scikit-image (dev extra) ships the photographs")
     cases = synthetic.crf_cases(3, ("astronaut", "coffee", "retina", "immunohistochemistry"), size=256)
     ious = []
