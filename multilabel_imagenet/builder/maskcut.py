@@ -173,7 +173,8 @@ def full_resolution(patch_masks: Sequence[np.ndarray], size: tuple[int, int]) ->
 
 
 # Images per torch-CRF call on CUDA: bounds the lattices' memory (a few hundred MB per 480-px image). On the
-# CPU one image per call is faster (measured: 1.8 vs 2.7 s for 8 scenes at 384 px; the working set stays in cache).
+# CPU one image per call is faster (1.8 vs 2.7 s for 8 scenes at 384 px, timed ad hoc at
+# commit 350c368: the working set stays in cache).
 CRF_CHUNK = 8
 
 
