@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from multilabel_imagenet import images
 from multilabel_imagenet.builder import backbones, filter_proposals, labeler, synthetic
 from multilabel_imagenet.cli import main
+from multilabel_imagenet.dataset import importers
 
 
 @pytest.fixture()
@@ -48,7 +49,7 @@ def _top1_scores(root, coco, checkpoint):
         image = np.asarray(images.decode_image(root / "train" / entry["file_name"]))
         h, w = image.shape[:2]
         anns = [a for a in coco["annotations"] if a["image_id"] == entry["id"]]
-        masks = np.stack([filter_proposals._decode(a["segmentation"], h, w, "test") for a in anns])
+        masks = np.stack([importers.decode_mask(a["segmentation"], h, w, "test") for a in anns])
         feats = extractor(backbones.preprocess([image], 128)[0])[0]
         out = labeler.label_image(head, feats, masks, config)
         scores.update({a["id"]: float(s) for a, s in zip(anns, out.mask_scores[:, 0], strict=True)})

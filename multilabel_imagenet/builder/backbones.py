@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -311,3 +311,14 @@ def load_backbone(
     except RuntimeError as err:
         raise ValueError(f"could not load timm model {backbone!r} (weights={weights}): {err}") from err
     return TimmExtractor(model.to(device), feature)
+
+
+def cached_extractor(
+    cache: dict, backbone: str, feature: str, weights: Mapping[str, str | Path], device: str | torch.device
+) -> Extractor:
+    """``cache[(backbone, feature)]``, loaded on first use (:func:`load_backbone`) with the local weights
+    ``weights[backbone]`` if any."""
+    key = (backbone, feature)
+    if key not in cache:
+        cache[key] = load_backbone(backbone, feature, weights=weights.get(backbone), device=device)
+    return cache[key]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from multilabel_imagenet import images
 from multilabel_imagenet.builder import backbones, labeler
@@ -24,13 +23,6 @@ from multilabel_imagenet.dataset import importers
 
 MIN_SCORES = (0.3, 0.5)
 """The thresholds of the paper's Supp. F.4."""
-
-
-def _decode(segmentation, height: int, width: int, where: str) -> np.ndarray:
-    mask = mask_utils.decode(importers.coco_rle(segmentation, height, width, where)).astype(bool)
-    if mask.shape != (height, width):
-        raise ValueError(f"{where}: mask is {mask.shape[0]}x{mask.shape[1]}, the image {height}x{width} (h x w)")
-    return mask
 
 
 def filter_coco(
@@ -67,7 +59,9 @@ def filter_coco(
             kept += anns  # not judged: kept as they were, and counted
             continue
         h, w = image.shape[:2]
-        masks = np.stack([_decode(a["segmentation"], h, w, f"{coco_path}: annotation {a.get('id')}") for a in anns])
+        masks = np.stack(
+            [importers.decode_mask(a["segmentation"], h, w, f"{coco_path}: annotation {a.get('id')}") for a in anns]
+        )
         features = backbones.patch_tokens(extractor, [image], config.input_size, device)[0]
         result = labeler.label_image(head, features, masks, config)
         for ann, cls, score in zip(anns, result.mask_classes[:, 0], result.mask_scores[:, 0], strict=True):

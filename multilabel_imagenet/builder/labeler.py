@@ -505,19 +505,24 @@ class ImageLabels:
     global_scores: np.ndarray  # [k] float32
 
 
+def rank_masks(
+    head: LabelerHead, features: torch.Tensor, masks: torch.Tensor | np.ndarray, k: int, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best classes and probabilities ([M, k] each) of the [M, H, W] masks of one image (patch tokens
+    [h, w, d]): each mask projected onto the patch grid (:func:`masks_to_grid` at ``threshold``), the tokens under
+    it averaged (:func:`masked_mean`) and the head's softmax ranked (:func:`top_k`)."""
+    grid = masks_to_grid(torch.as_tensor(np.asarray(masks, dtype=bool)), features.shape[:2], threshold)
+    if not len(grid):
+        return np.zeros((0, k), np.int16), np.zeros((0, k), np.float32)
+    return top_k(head, masked_mean(features.float(), grid), k)
+
+
 def label_image(
     head: LabelerHead, features: torch.Tensor, masks: torch.Tensor | np.ndarray, config: LabelerConfig
 ) -> ImageLabels:
     """Label every proposal of one image (patch tokens [h, w, d], masks [M, H, W]) and the whole image."""
-    masks = torch.as_tensor(np.asarray(masks, dtype=bool))
-    grid = masks_to_grid(masks, features.shape[:2], config.mask_threshold)
-    features = features.float()
-    if len(grid):
-        mask_classes, mask_scores = top_k(head, masked_mean(features, grid), config.top_k)
-    else:
-        mask_classes = np.zeros((0, config.top_k), np.int16)
-        mask_scores = np.zeros((0, config.top_k), np.float32)
-    global_classes, global_scores = top_k(head, global_pool(features[None]), config.top_k)
+    mask_classes, mask_scores = rank_masks(head, features, masks, config.top_k, config.mask_threshold)
+    global_classes, global_scores = top_k(head, global_pool(features.float()[None]), config.top_k)
     return ImageLabels(mask_classes, mask_scores, global_classes[0], global_scores[0])
 
 

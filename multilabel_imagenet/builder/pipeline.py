@@ -27,9 +27,9 @@ import yaml
 from tqdm import tqdm
 
 from multilabel_imagenet import classes, images
-from multilabel_imagenet.builder import aggregate, backbones, configs, labeler, maskcut, proposals, relabel_maps, shards
+from multilabel_imagenet.builder import aggregate, backbones, configs, labeler, maskcut, relabel_maps, shards
 from multilabel_imagenet.builder.labeler import LabelerConfig
-from multilabel_imagenet.dataset import schema, writer
+from multilabel_imagenet.dataset import importers, schema, writer
 
 SPLITS = ("train", "validation")
 STAGES = ("discover", "select", "train-labeler", "label", "package")
@@ -347,11 +347,7 @@ class Build:
         return self._threads
 
     def _extractor(self, backbone: str, feature: str) -> backbones.Extractor:
-        key = (backbone, feature)
-        if key not in self._extractors:
-            weights = self.config.weights.get(backbone)
-            self._extractors[key] = backbones.load_backbone(backbone, feature, weights=weights, device=self.device)
-        return self._extractors[key]
+        return backbones.cached_extractor(self._extractors, backbone, feature, self.config.weights, self.device)
 
     def run_sharded(self, name: str) -> None:
         """Run a sharded stage (discover, select, label) over this worker's incomplete shards."""
@@ -634,11 +630,11 @@ def _base_row(record: images.ImageRecord) -> dict:
 
 def _masks(row: dict) -> np.ndarray:
     """The proposals of a discover row as bool [M, H, W]."""
+    h, w = row["height"], row["width"]
     decoded = [
-        proposals.Proposal(tuple(p["size"]), p["counts"], tuple(p["bbox"]), p["area"], p["source"]).decode()
-        for p in row["proposals"]
+        importers.decode_mask(p, h, w, f"{row['image_id']}: proposal {i + 1}") for i, p in enumerate(row["proposals"])
     ]
-    return np.stack(decoded) if decoded else np.zeros((0, row["height"], row["width"]), dtype=bool)
+    return np.stack(decoded) if decoded else np.zeros((0, h, w), dtype=bool)
 
 
 def _round(scores: np.ndarray) -> np.ndarray:
@@ -749,6 +745,12 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
     return output
 
 
+DEMO_SCENES = "scenes"
+"""Folder of :func:`build_synthetic_demo`'s root holding its scenes, beside the dataset folder."""
+DEMO_SCENES_DONE = "classes.json"
+"""The file :func:`synthetic.write_mini_imagenet` writes last: its presence means the scenes are complete."""
+
+
 def build_synthetic_demo(
     root: str | Path,
     num_train: int = 64,
@@ -759,14 +761,14 @@ def build_synthetic_demo(
 ) -> Path:
     """The README's first command: synthetic scenes -> the whole build on CPU -> ``<root>/multilabel-imagenet``.
 
-    Writes the scenes to ``<root>/scenes`` (reused if there), works in ``<root>/work`` (resumable), builds the
+    Writes the scenes to ``<root>/scenes`` (reused when complete), works in ``<root>/work`` (resumable), builds the
     train split (select on the synthetic ReLabel maps, train the labeler) and the validation split (reusing the
     labeler), and packages both."""
     from multilabel_imagenet.builder import synthetic
 
     root = Path(root)
-    scenes = root / "scenes"
-    if not (scenes / "classes.json").is_file():
+    scenes = root / DEMO_SCENES
+    if not (scenes / DEMO_SCENES_DONE).is_file():
         with tqdm(total=num_train + num_val, desc="synthetic scenes", unit="img", disable=not progress) as bar:
             synthetic.write_mini_imagenet(scenes, num_train, num_val, seed, progress=bar.update)
     config = BuildConfig.preset("synthetic")

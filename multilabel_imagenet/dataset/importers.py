@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from multilabel_imagenet import classes
@@ -148,6 +149,17 @@ def coco_rle(segmentation, height: int, width: int, where: str) -> dict:
     if isinstance(segmentation, list) and segmentation:
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     raise ImportFormatError(f"{where}: segmentation is neither a COCO RLE nor a polygon list")
+
+
+def decode_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:
+    """Any COCO segmentation form as a bool (height, width) mask; ValueError naming ``where`` if sizes differ."""
+    from pycocotools import mask as mask_utils
+
+    rle = coco_rle(segmentation, height, width, where)
+    size = [int(v) for v in rle["size"]]
+    if size != [height, width]:
+        raise ValueError(f"{where}: mask is {size[0]} x {size[1]}, the image {height} x {width} (h x w)")
+    return mask_utils.decode(rle).astype(bool)
 
 
 def read_cutler(path: str | Path, source: str | None = None) -> CutlerImport:
