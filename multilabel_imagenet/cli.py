@@ -304,10 +304,14 @@ def label_maps_command(images_root: Path, layout: str, checkpoint: Path, output:
 
 # --- browsing: `show` and `label-regions` (library: multilabel_imagenet.browse, builder.regions) ---
 
+_revision_option = click.option(
+    "--revision", help="With a Hub repo id as the dataset: the tag or commit to read (e.g. v1.0.0, or main)."
+)
+
 
 @main.command("show")
 @click.argument("dataset")
-@click.option("--revision", help="With a Hub repo id: the tag or commit to read (e.g. v1.0.0, or main).")
+@_revision_option
 @click.option(
     "--images",
     "images_root",
@@ -359,14 +363,14 @@ def show_command(
                 images_root,
                 splits=splits or None,
                 ids=wanted,
-                sample=24 if sample is None else sample,
+                sample=sample,
                 filters=gallery.Filters(min_labels, disagreeing),
                 benchmarks=benches,
                 seed=seed,
                 progress=bar.update,
             )
     except (*_evaluation_errors(), ValueError, FileNotFoundError, FileExistsError) as err:
-        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+        raise _failure(err) from None
     if result.not_matching:
         click.echo(f"{len(result.not_matching)} of the ids do not pass the filters: {', '.join(result.not_matching)}")
     click.echo(f"{result.cards} images ({result.matched} pass the filters); open {result.index.resolve()}")
@@ -387,7 +391,7 @@ def show_command(
 )
 @click.option("--layout", type=click.Choice(images.LAYOUTS), default="auto", show_default=True)
 @click.option("--dataset", help="Dataset folder or Hub repo id whose stored proposals to offer (matched by image id).")
-@click.option("--revision", help="With a Hub repo id as --dataset: the tag or commit.")
+@_revision_option
 @click.option("--maskcut", "maskcut_preset", help="Run this MaskCut preset on request (e.g. synthetic, cutler, paper).")
 @click.option("--top-k", default=10, show_default=True, help="Classes shown per region.")
 @click.option(
@@ -420,7 +424,7 @@ def label_regions_command(
         if images_root is not None:
             records = images.open_source(images_root, layout)
         elif view is not None:
-            records = webapp.dataset_records(view)
+            records = view.records()
         else:
             raise click.UsageError("give --images, --dataset, or both")
         proposer = regions.MaskCutProposer(maskcut_preset, device) if maskcut_preset else None
@@ -428,7 +432,7 @@ def label_regions_command(
             regions.RegionLabeler(checkpoint, device, weights), records, view, proposer, top_k, checkpoint.name
         )
         server = webapp.make_server(app, host, port)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from None
     if not webapp.is_loopback(host):
         click.echo(
@@ -453,6 +457,11 @@ def _label_files(values: tuple[str, ...], names: tuple[str, ...]) -> dict[str, P
             name, file = names[0], value
         files[name] = Path(file)
     return files
+
+
+def _failure(err: Exception) -> click.ClickException:
+    """``err`` as a command failure; a KeyError's message without the quotes its str() adds."""
+    return click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err))
 
 
 def _evaluation_errors() -> tuple[type[Exception], ...]:
@@ -538,7 +547,7 @@ def evaluate_command(
                     else evaluate_ranked(rows.ranked, bench)
                 )
     except _evaluation_errors() as err:
-        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+        raise _failure(err) from None
     click.echo(report.format_table(results))
     if output is not None:
         report.write_json(results, output)
@@ -576,7 +585,7 @@ def benchmarks_images_command(name: str, label_file: Path | None) -> None:
     try:
         bench = load_benchmark(name, label_file)
     except _evaluation_errors() as err:
-        raise click.ClickException(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from None
+        raise _failure(err) from None
     click.echo("\n".join(bench.image_ids))
 
 

@@ -23,9 +23,10 @@ from PIL import Image
 from scipy import ndimage
 
 from multilabel_imagenet import images
-from multilabel_imagenet.browse import overlay, source, webapp
+from multilabel_imagenet.browse import source, webapp
 from multilabel_imagenet.builder import proposals, regions
 from multilabel_imagenet.cli import main
+from multilabel_imagenet.dataset import importers
 
 TIMEOUT = 30
 
@@ -41,7 +42,7 @@ def demo(tmp_path_factory):
 def _masks(demo, image_id: str) -> tuple[list[np.ndarray], int, int]:
     """The stored proposals of ``image_id`` as bool masks, and the image's height and width."""
     (row,) = [p for split in demo["proposals"].values() for p in split if p.image_id == image_id]
-    return [overlay.decode_rle(asdict(m), row.height, row.width, image_id) for m in row.masks], row.height, row.width
+    return [importers.decode_mask(asdict(m), row.height, row.width, image_id) for m in row.masks], row.height, row.width
 
 
 def _expected(ranked) -> list[tuple[int, str, float]]:
@@ -130,7 +131,7 @@ def test_api_classifies_stored_and_maskcut_proposals_and_names_bad_requests(demo
     for p, m in zip(found["proposals"], stored.masks, strict=True):
         assert p["source"] == m.source and [c["index"] for c in p["stored"]] == list(m.classes)
         rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(p["png"].split(",", 1)[1]))))
-        assert rgba.shape == (h, w, 4) and ((rgba[..., 3] > 0) == overlay.decode_rle(asdict(m), h, w, "")).all()
+        assert rgba.shape == (h, w, 4) and ((rgba[..., 3] > 0) == importers.decode_mask(asdict(m), h, w, "")).all()
     for k, mask in enumerate(masks):
         status, result = api("/api/classify", {"image": image_id, "proposal": k})
         assert status == 200 and result["region"]["proposal"] == k and result["region"]["pixels"] == mask.sum()

@@ -34,6 +34,9 @@ GENERATOR = "multilabel-imagenet show"
 SOFT_SHOWN = 5
 """Soft-label classes listed per image (more when more than this many are labels)."""
 MASK_CLASSES_SHOWN = 3
+"""Classes listed per mask and for the whole image."""
+DEFAULT_SAMPLE = 24
+"""Images :func:`write_gallery` draws at random when given no ids."""
 
 
 @dataclass(frozen=True)
@@ -109,17 +112,13 @@ def choose(
     if sample is not None and sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     ids = None if ids is None else list(dict.fromkeys(ids))
+    positions = {} if ids is None else view.locate("labels", ids, splits)
     passing: list[tuple[str, int]] = []
-    positions: dict[str, tuple[str, int]] = {}
     for split in splits:
-        table = view.columns("labels", split, ["image_id", "label", "labels", "soft_classes"])
-        keep = filters.mask(table)
+        keep = filters.mask(view.columns("labels", split, ["label", "labels", "soft_classes"]))
         if ids is not None:
-            wanted = pc.is_in(table["image_id"], value_set=pa.array(list(ids), pa.string())).to_numpy(
-                zero_copy_only=False
-            )
-            for row in np.flatnonzero(wanted):
-                positions[table["image_id"][int(row)].as_py()] = (split, int(row))
+            wanted = np.zeros(len(keep), bool)
+            wanted[[row for s, row in positions.values() if s == split]] = True
             keep &= wanted
         passing += [(split, int(row)) for row in np.flatnonzero(keep)]
     if ids is None:
@@ -135,6 +134,13 @@ def choose(
 def _class(index: int) -> str:
     name = html.escape(classes.name_of(index))
     return f'<span class="cls" data-class="{index}" title="{classes.wnid_of(index)} ({index})">{name}</span>'
+
+
+def _top(indices: Sequence[int], scores: Sequence[float]) -> str:
+    """The first :data:`MASK_CLASSES_SHOWN` classes with their scores."""
+    return ", ".join(
+        f"{_class(c)} {s:.2f}" for c, s in zip(indices[:MASK_CLASSES_SHOWN], scores[:MASK_CLASSES_SHOWN], strict=True)
+    )
 
 
 def _marks(index: int, benches: Sequence[tuple[str, frozenset[int]]], ours: bool) -> str:
@@ -164,7 +170,8 @@ def card_html(
     """One image's card. ``picture``: the overlay PNG's path relative to the page (None with ``error``)."""
     image_id = row["image_id"]
     ours = set(row["labels"])
-    scored = [(b.name, b.sets[image_key(image_id)]) for b in benchmarks if image_key(image_id) in b.sets]
+    key = image_key(image_id)
+    scored = [(b.name, b.sets[key]) for b in benchmarks if key in b.sets]
     benches = [(name, labels) for name, labels in scored if labels]
     eid = html.escape(image_id)
     out = [f'<article class="card" id="{eid}" data-image-id="{eid}" data-split="{split}" data-labels="{len(ours)}">']
@@ -204,16 +211,10 @@ def card_html(
             f'<p class="benchmark" data-benchmark="{name}">{name} also has: <span class="missed">{missed}</span></p>'
         )
     if row.get("global_classes"):
-        top = ", ".join(
-            f"{_class(c)} {s:.2f}" for c, s in zip(row["global_classes"][:3], row["global_scores"][:3], strict=True)
-        )
-        out.append(f'<p class="global">whole image: {top}</p>')
+        out.append(f'<p class="global">whole image: {_top(row["global_classes"], row["global_scores"])}</p>')
     out.append(f'<ol class="masks" aria-label="{len(masks)} proposals">')
     for i, m in enumerate(masks):
-        top = ", ".join(
-            f"{_class(c)} {s:.2f}"
-            for c, s in zip(m["classes"][:MASK_CLASSES_SHOWN], m["scores"][:MASK_CLASSES_SHOWN], strict=True)
-        )
+        top = _top(m["classes"], m["scores"])
         source = html.escape(m["source"])
         swatch = f'<span class="swatch" style="background:{overlay.hex_colour(i)}">{i + 1}</span>'
         out.append(f'<li class="mask" data-source="{source}">{swatch} <code>{source}</code> {m["area"]} px: {top}</li>')
@@ -254,9 +255,7 @@ def _render(
     except images.ImageDecodeError as err:
         return card_html(split, row, masks, None, None, sets, f"{file}: {err.reason}")
     h, w = array.shape[:2]
-    where = f"{name}: proposals of {row['image_id']}"
-    decoded = [overlay.decode_rle(m, h, w, f"{where}, mask {i + 1}") for i, m in enumerate(masks)]
-    picture = overlay.draw_masks(array, decoded, max_side)
+    picture = overlay.draw_masks(array, overlay.decode_masks(masks, h, w, name, row["image_id"]), max_side)
     rel = f"images/{split}/{row['image_id']}.png"
     (output / rel).parent.mkdir(parents=True, exist_ok=True)
     picture.save(output / rel)
@@ -280,8 +279,9 @@ def write_gallery(
     """Write ``output/index.html``, its style sheet and one overlay PNG per image (``images/<split>/<id>.png``).
 
     ``images_root``: the folder holding ``train/`` and ``val/`` (see :meth:`DatasetView.image_root`; not needed for
-    the synthetic demo's output). ``splits``: default every split of the ``labels`` config; ``ids``, ``sample``,
-    ``filters`` and ``seed`` as for :func:`choose`. ``progress`` is called with 1 per card written."""
+    the synthetic demo's output). ``splits``: default every split of the ``labels`` config; ``ids``, ``sample``
+    (without ``ids``; default :data:`DEFAULT_SAMPLE`), ``filters`` and ``seed`` as for :func:`choose`. ``progress``
+    is called with 1 per card written."""
     output = Path(output)
     available = view.splits("labels")
     splits = list(splits or available)
@@ -293,7 +293,11 @@ def write_gallery(
     root = view.image_root(images_root)
     sets = [BenchmarkSets.of(b) for b in (benchmarks or {}).values()]
     _prepare_output(output)
-    chosen, matched, not_matching = choose(view, splits, filters, ids, sample if ids is None else None, seed)
+    if ids is not None:
+        sample = None
+    elif sample is None:
+        sample = DEFAULT_SAMPLE
+    chosen, matched, not_matching = choose(view, splits, filters, ids, sample, seed)
     with_proposals = set(view.splits("proposals"))
     loaded: dict[tuple[str, int], tuple[dict, list]] = {}
     for split in splits:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from multilabel_imagenet.dataset import importers
@@ -43,12 +42,12 @@ def hex_colour(index: int) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour(index))
 
 
-def decode_rle(mask: Mapping[str, Any], height: int, width: int, where: str) -> np.ndarray:
-    """A stored mask ({size, counts, ...}) as bool (height, width); ValueError naming ``where`` if sizes differ."""
-    size = [int(v) for v in mask["size"]]
-    if size != [height, width]:
-        raise ValueError(f"{where}: mask is {size[0]} x {size[1]}, the image {height} x {width} (h x w)")
-    return mask_utils.decode(importers.coco_rle(mask, height, width, where)).astype(bool)
+def decode_masks(
+    masks: Sequence[Mapping[str, Any]], height: int, width: int, dataset: str, image_id: str
+) -> list[np.ndarray]:
+    """The stored proposal masks of one image, errors naming the dataset, the image and the mask (1-based)."""
+    where = f"{dataset}: proposals of {image_id}"
+    return [importers.decode_mask(m, height, width, f"{where}, mask {i + 1}") for i, m in enumerate(masks)]
 
 
 def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:

@@ -9,21 +9,21 @@ from typing import Any
 
 import datasets
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from multilabel_imagenet import images
+from multilabel_imagenet.builder.pipeline import DEMO_SCENES, DEMO_SCENES_DONE
 from multilabel_imagenet.dataset import loading, schema, writer
-
-DEMO_SCENES = "scenes"
-"""Folder beside the dataset folder where ``multilabel-imagenet build`` (the synthetic demo) writes its scenes."""
 
 
 class DatasetView:
-    """The configs and splits of one dataset, each loaded once on first use."""
+    """The configs and splits of one dataset, each loaded (and indexed by image id) once on first use."""
 
     def __init__(self, source: str | Path, revision: str | None = None, cache_dir: str | Path | None = None) -> None:
         self.where = loading.resolve(source, revision)
         self.cache_dir = cache_dir
+        self._splits: dict[str, list[str]] = {}
         self._loaded: dict[tuple[str, str], datasets.Dataset] = {}
+        self._rows: dict[tuple[str, str], dict[str, int]] = {}
 
     @property
     def name(self) -> str:
@@ -31,13 +31,16 @@ class DatasetView:
 
     def splits(self, config: str) -> list[str]:
         """The splits of ``config`` (none when the dataset lacks that config), in :data:`schema.SPLITS` order."""
-        if self.where.local:
-            present = writer.read_build_json(self.where.location)["configs"].get(config, {}).get("splits", {})
-        else:
-            if config not in datasets.get_dataset_config_names(self.where.location, revision=self.where.revision):
-                return []
-            present = datasets.get_dataset_split_names(self.where.location, config, revision=self.where.revision)
-        return [s for s in schema.SPLITS if s in present]
+        if config not in self._splits:
+            if self.where.local:
+                built = writer.read_build_json(self.where.location)["configs"]
+                present = built.get(config, {}).get("splits", {})
+            elif config in datasets.get_dataset_config_names(self.where.location, revision=self.where.revision):
+                present = datasets.get_dataset_split_names(self.where.location, config, revision=self.where.revision)
+            else:
+                present = []
+            self._splits[config] = [s for s in schema.SPLITS if s in present]
+        return self._splits[config]
 
     def dataset(self, config: str, split: str) -> datasets.Dataset:
         key = (config, split)
@@ -51,12 +54,42 @@ class DatasetView:
         """Some columns of a split as an Arrow table (cheap: no per-row Python objects)."""
         return self.dataset(config, split).select_columns(list(names)).with_format("arrow")[:]
 
+    def row_index(self, config: str, split: str) -> dict[str, int]:
+        """The row of each image id in a split."""
+        key = (config, split)
+        if key not in self._rows:
+            ids = self.columns(config, split, ["image_id"])["image_id"].to_pylist()
+            self._rows[key] = {image_id: row for row, image_id in enumerate(ids)}
+        return self._rows[key]
+
+    def locate(
+        self, config: str, image_ids: Iterable[str], splits: Sequence[str] | None = None
+    ) -> dict[str, tuple[str, int]]:
+        """The (split, row) of each of ``image_ids`` found in ``splits`` of ``config`` (default: all), by id; an
+        id in several splits is located in the last."""
+        wanted = set(image_ids)
+        found: dict[str, tuple[str, int]] = {}
+        for split in self.splits(config) if splits is None else splits:
+            rows = self.row_index(config, split)
+            found.update((i, (split, rows[i])) for i in wanted if i in rows)
+        return found
+
     def rows_by_id(self, config: str, split: str, image_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The rows of ``image_ids`` (those present) in a split, by image id."""
-        ids = pa.array(sorted(set(image_ids)), pa.string())
-        hits = pc.indices_nonzero(pc.is_in(self.columns(config, split, ["image_id"])["image_id"], value_set=ids))
-        rows = self.dataset(config, split).select(hits.to_pylist())
+        index = self.row_index(config, split)
+        rows = self.dataset(config, split).select(sorted({index[i] for i in image_ids if i in index}))
         return {row["image_id"]: row for row in rows}
+
+    def records(self) -> list[images.ImageRecord]:
+        """The images of the ``labels`` config, where :meth:`image_root` finds them (the synthetic demo's)."""
+        root = self.image_root(None)
+        out = []
+        for split in self.splits("labels"):
+            folder = image_path(root, split, "")
+            for r in self.columns("labels", split, ["image_id", "path", "label"]).to_pylist():
+                label = None if r["label"] is None or r["label"] < 0 else r["label"]
+                out.append(images.ImageRecord(r["image_id"], r["path"], label, folder))
+        return out
 
     def image_root(self, images_root: str | Path | None) -> Path:
         """``images_root`` (the folder holding ``train/`` and ``val/`` that ``path`` is relative to, as for
@@ -68,7 +101,7 @@ class DatasetView:
             build = writer.read_build_json(folder)["configs"].get("labels", {}).get("build", {})
             scenes = folder.parent / DEMO_SCENES
             if build.get("parameters", {}).get("maskcut_preset") == "synthetic":
-                if (scenes / "classes.json").is_file():
+                if (scenes / DEMO_SCENES_DONE).is_file():
                     return scenes
                 raise FileNotFoundError(
                     f"{folder}: a synthetic build, but its scenes are not at {scenes} (where `multilabel-imagenet "

@@ -24,7 +24,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -37,7 +37,8 @@ from PIL import Image
 
 from multilabel_imagenet import classes, images
 from multilabel_imagenet.browse import overlay
-from multilabel_imagenet.browse.source import DatasetView, image_path
+from multilabel_imagenet.browse.gallery import MASK_CLASSES_SHOWN
+from multilabel_imagenet.browse.source import DatasetView
 from multilabel_imagenet.builder.regions import MaskCutProposer, RegionLabeler, box_mask
 
 MAX_UPLOAD_BYTES = 32 * 2**20
@@ -71,23 +72,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def dataset_records(view: DatasetView) -> list[images.ImageRecord]:
-    """The images of a dataset's ``labels`` config, where :meth:`DatasetView.image_root` finds them (the demo)."""
-    root = view.image_root(None)
-    records = []
-    for split in view.splits("labels"):
-        table = view.columns("labels", split, ["image_id", "path", "label"])
-        folder = image_path(root, split, "")
-        for image_id, path, label in zip(*(table[c].to_pylist() for c in ("image_id", "path", "label")), strict=True):
-            records.append(images.ImageRecord(image_id, path, None if label is None or label < 0 else label, folder))
-    return records
-
-
 @dataclass
 class _Opened:
-    """An image being looked at: pixels, and on first use its patch tokens and proposals."""
+    """An image being looked at: pixels, and on first use its PNG, patch tokens and proposals."""
 
     pixels: np.ndarray
+    png: bytes | None = None
     tokens: torch.Tensor | None = None
     proposals: list[dict] | None = None
     masks: list[np.ndarray] = field(default_factory=list)
@@ -111,12 +101,11 @@ class LabelingApp:
         self.checkpoint_name = checkpoint_name
         self._records = {r.image_id: r for r in records}
         self._items = [
-            {"id": r.image_id, "path": r.path, "label": None if r.label is None else classes.name_of(r.label)}
+            _searchable(r.image_id, r.path, None if r.label is None else classes.name_of(r.label))
             for r in self._records.values()
         ]
         self._uploads: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._opened: OrderedDict[str, _Opened] = OrderedDict()
-        self._stored: dict[str, tuple[str, int]] | None = None
         self._lock = threading.RLock()
         self._uploaded = 0
 
@@ -143,9 +132,8 @@ class LabelingApp:
             raise AppError(HTTPStatus.BAD_REQUEST, f"offset must be >= 0 and limit in 1..{PAGE_LIMIT}")
         q = query.lower()
         with self._lock:
-            items = [{"id": i, "path": name, "label": None} for i, (name, _) in reversed(self._uploads.items())]
-        items += self._items
-        hits = [item for item in items if q in item["id"].lower() or q in item["path"].lower()]
+            uploads = [_searchable(i, name, None) for i, (name, _) in reversed(self._uploads.items())]
+        hits = [item for (i, path), item in uploads + self._items if q in i or q in path]
         return {"total": len(hits), "offset": offset, "images": hits[offset : offset + limit]}
 
     def upload(self, data: bytes, name: str) -> dict:
@@ -183,9 +171,13 @@ class LabelingApp:
             return opened
 
     def image_png(self, image_id: str) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(self._open(image_id).pixels).save(buffer, format="PNG")
-        return buffer.getvalue()
+        """The image as PNG, encoded once while it stays opened."""
+        opened = self._open(image_id)
+        if opened.png is None:
+            buffer = io.BytesIO()
+            Image.fromarray(opened.pixels).save(buffer, format="PNG")
+            opened.png = buffer.getvalue()
+        return opened.png
 
     # ------------------------------------------------------------ proposals
 
@@ -193,14 +185,10 @@ class LabelingApp:
         """The dataset's proposals of ``image_id``, or None when the dataset has no row for it."""
         if self.dataset is None:
             return None
-        if self._stored is None:
-            self._stored = {}
-            for split in self.dataset.splits("proposals"):
-                ids = self.dataset.columns("proposals", split, ["image_id"])["image_id"].to_pylist()
-                self._stored.update((i, (split, row)) for row, i in enumerate(ids))
-        if image_id not in self._stored:
+        found = self.dataset.locate("proposals", [image_id]).get(image_id)
+        if found is None:
             return None
-        split, row = self._stored[image_id]
+        split, row = found
         return self.dataset.dataset("proposals", split)[row]["masks"]
 
     def proposals(self, image_id: str, run: bool = False) -> dict:
@@ -218,11 +206,9 @@ class LabelingApp:
                     ]
                     opened.source = "maskcut"
                 else:
-                    stored = None if image_id in self._uploads else self._stored_masks(image_id)
-                    where = f"{self.dataset.name if self.dataset else ''}: proposals of {image_id}"
-                    found = [
-                        (overlay.decode_rle(m, h, w, f"{where}, mask {i + 1}"), m) for i, m in enumerate(stored or [])
-                    ]
+                    stored = (None if image_id in self._uploads else self._stored_masks(image_id)) or []
+                    name = self.dataset.name if self.dataset else ""
+                    found = list(zip(overlay.decode_masks(stored, h, w, name, image_id), stored, strict=True))
                     opened.source = "dataset"
                 opened.masks = [m for m, _ in found]
                 opened.proposals = [
@@ -234,7 +220,9 @@ class LabelingApp:
                         "colour": overlay.hex_colour(i),
                         "stored": [
                             {"index": int(c), "name": classes.name_of(int(c)), "score": float(s)}
-                            for c, s in zip(meta["classes"][:3], meta["scores"][:3], strict=True)
+                            for c, s in zip(
+                                meta["classes"][:MASK_CLASSES_SHOWN], meta["scores"][:MASK_CLASSES_SHOWN], strict=True
+                            )
                         ],
                         "png": "data:image/png;base64," + base64.b64encode(overlay.mask_png(mask, i)).decode("ascii"),
                     }
@@ -278,7 +266,7 @@ class LabelingApp:
         ys, xs = np.nonzero(mask)
         region["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
         region["pixels"] = int(mask.sum())
-        return {"image": image_id, "region": region, "classes": [r.to_dict() for r in ranked]}
+        return {"image": image_id, "region": region, "classes": [asdict(r) for r in ranked]}
 
     def _pick(self, opened: _Opened, value: Any, kind: str) -> int:
         if not opened.masks:
@@ -289,10 +277,16 @@ class LabelingApp:
             return value
         x, y = (int(v) for v in _numbers(value, 2, "point"))
         h, w = opened.pixels.shape[:2]
-        holding = [i for i, m in enumerate(opened.masks) if 0 <= x < w and 0 <= y < h and m[y, x]]
+        holding = [i for i, m in enumerate(opened.masks) if m[y, x]] if 0 <= x < w and 0 <= y < h else []
         if not holding:
             raise AppError(HTTPStatus.NOT_FOUND, f"no proposal holds the pixel ({x}, {y})")
-        return min(holding, key=lambda i: int(opened.masks[i].sum()))
+        areas = [p["area"] for p in opened.proposals or []]
+        return min(holding, key=lambda i: areas[i])
+
+
+def _searchable(image_id: str, path: str, label: str | None) -> tuple[tuple[str, str], dict]:
+    """An image list entry with the lower-cased keys :meth:`LabelingApp.list_images` matches."""
+    return (image_id.lower(), path.lower()), {"id": image_id, "path": path, "label": label}
 
 
 def _numbers(value: Any, n: int, what: str) -> list[float]:

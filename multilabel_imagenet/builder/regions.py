@@ -2,9 +2,8 @@
 
 :class:`RegionLabeler` loads a labeler checkpoint and its backbone; ``classify(image, box=...)`` or
 ``classify(image, mask=...)`` returns the head's ranked classes for that region. The region is pooled exactly as
-the build labels a proposal (:func:`labeler.label_image`): the mask is projected onto the backbone's patch grid
-(:func:`labeler.masks_to_grid`), the patch tokens under it are averaged (:func:`labeler.masked_mean`) and the head's
-softmax is ranked (:func:`labeler.top_k`). A box is the mask of the pixels inside it.
+the build labels a proposal: both call :func:`labeler.rank_masks` (mask projected onto the backbone's patch grid,
+patch tokens under it averaged, head's softmax ranked). A box is the mask of the pixels inside it.
 
 :class:`MaskCutProposer` runs the MaskCut configurations of a preset on one image and merges their proposals as
 ``build discover`` does, for picking a region among proposals of an image that has none stored.
@@ -35,9 +34,6 @@ class RankedClass:
     wnid: str
     name: str
     probability: float
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "wnid": self.wnid, "name": self.name, "probability": self.probability}
 
 
 def as_array(image: ImageLike) -> np.ndarray:
@@ -84,14 +80,13 @@ class RegionLabeler:
 
     def rank(self, tokens: torch.Tensor, masks: np.ndarray, k: int = 5) -> list[list[RankedClass]]:
         """The ``k`` best classes of each of the [M, H, W] region masks of the image whose ``tokens`` are given."""
-        masks = torch.as_tensor(np.asarray(masks, dtype=bool))
+        masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3:
             raise ValueError(f"masks must be [M, H, W], got shape {list(masks.shape)}")
         empty = [i for i, m in enumerate(masks) if not m.any()]
         if empty:
             raise ValueError(f"region masks {empty} are empty")
-        grid = labeler.masks_to_grid(masks, tokens.shape[:2], self.config.mask_threshold)
-        idx, scores = labeler.top_k(self.head, labeler.masked_mean(tokens.float(), grid), k)
+        idx, scores = labeler.rank_masks(self.head, tokens, masks, k, self.config.mask_threshold)
         return [
             [
                 RankedClass(int(c), classes.wnid_of(int(c)), classes.name_of(int(c)), float(s))
@@ -126,8 +121,8 @@ class RegionLabeler:
 
 class MaskCutProposer:
     """MaskCut of every configuration of a preset (see ``multilabel-imagenet configs``), or of the given
-    configurations, on single images, merged and deduplicated as in ``build discover``; extractors load on first
-    use. ``weights``: backbone name -> local weights."""
+    configurations, on single images, merged and deduplicated as in ``build discover``; the extractors load on the
+    first call. ``weights``: backbone name -> local weights."""
 
     def __init__(
         self,
@@ -140,19 +135,17 @@ class MaskCutProposer:
         self.device = torch.device(device)
         self.weights = dict(weights or {})
         self.dedup_iou = dedup_iou
-        self._extractors: dict[tuple[str, str], backbones.Extractor] = {}
-
-    def _extractor(self, config: configs.MaskCutConfig) -> backbones.Extractor:
-        key = (config.backbone, config.feature)
-        if key not in self._extractors:
-            self._extractors[key] = backbones.load_backbone(
-                config.backbone, config.feature, weights=self.weights.get(config.backbone), device=self.device
-            )
-        return self._extractors[key]
+        self._ensemble: maskcut.Ensemble | None = None
 
     def __call__(self, image: ImageLike) -> list[proposals.Proposal]:
+        """The merged proposals of one image."""
         array = as_array(image)
-        extractors = [self._extractor(c) for c in self.configs]
-        ensemble = maskcut.Ensemble(self.configs, extractors, self.device, dedup_iou=self.dedup_iou)
-        resized = {s: torch.from_numpy(np.stack(backbones.resize([array], s))) for s in ensemble.input_sizes}
-        return ensemble.submit(resized, [array.shape[:2]])()[0]
+        if self._ensemble is None:
+            loaded: dict = {}
+            extractors = [
+                backbones.cached_extractor(loaded, c.backbone, c.feature, self.weights, self.device)
+                for c in self.configs
+            ]
+            self._ensemble = maskcut.Ensemble(self.configs, extractors, self.device, dedup_iou=self.dedup_iou)
+        resized = {s: torch.from_numpy(np.stack(backbones.resize([array], s))) for s in self._ensemble.input_sizes}
+        return self._ensemble.submit(resized, [array.shape[:2]])()[0]
