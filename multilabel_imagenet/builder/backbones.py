@@ -76,14 +76,23 @@ def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> tuple[t
     return normalise(torch.from_numpy(np.stack(resized))), resized
 
 
+def resized_batch(images: Sequence[Image.Image | np.ndarray], size: int) -> torch.Tensor:
+    """:func:`resize`, stacked: (B, size, size, 3) uint8 on the CPU."""
+    return torch.from_numpy(np.stack(resize(images, size)))
+
+
 @torch.no_grad()
+def tokens(extractor: Extractor, batch: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A (B, S, S, 3) uint8 batch moved to ``device``, normalised there and run through ``extractor``: float32
+    patch features [B, h, w, d] on the CPU."""
+    return extractor(normalise(batch.to(device, non_blocking=True))).float().cpu()
+
+
 def patch_tokens(
     extractor: Extractor, images: Sequence[Image.Image | np.ndarray], size: int, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Resize and normalise ``images`` (:func:`preprocess`), run ``extractor`` on ``device``: float32 patch
-    features [B, h, w, d] on the CPU."""
-    x, _ = preprocess(images, size)
-    return extractor(x.to(device)).float().cpu()
+    """:func:`tokens` of ``images`` resized to ``size`` (:func:`resized_batch`)."""
+    return tokens(extractor, resized_batch(images, size), device)
 
 
 def _check_input(images: torch.Tensor, patch: int) -> tuple[int, int]:

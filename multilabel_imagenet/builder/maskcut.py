@@ -371,7 +371,7 @@ def discover(
     (:func:`submit`); the results are the same (``times`` then misses the steps run in other processes).
     """
     sizes = [(im.height, im.width) if isinstance(im, Image.Image) else im.shape[:2] for im in images]
-    resized = torch.from_numpy(np.stack(backbones.resize(images, config.input_size)))
+    resized = backbones.resized_batch(images, config.input_size)
     device = device if device is not None else getattr(extractor, "device", "cpu")
     futures = submit(
         resized, sizes, config, extractor, device, solver=solver, crf_params=crf_params, times=times, executor=executor

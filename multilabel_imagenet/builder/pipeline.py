@@ -260,10 +260,7 @@ def labeler_features(
     for batch in resized_batches(records, [size], batch_size, num_workers, device.type == "cuda"):
         yield from batch.errors
         if batch.indices:
-            with torch.no_grad():
-                x = backbones.normalise(batch.resized[size].to(device, non_blocking=True))
-                tokens = extractor(x).float().cpu()
-            yield from zip(batch.indices, tokens, strict=True)
+            yield from zip(batch.indices, backbones.tokens(extractor, batch.resized[size], device), strict=True)
 
 
 def label_records(

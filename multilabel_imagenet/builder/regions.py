@@ -147,5 +147,5 @@ class MaskCutProposer:
                 for c in self.configs
             ]
             self._ensemble = maskcut.Ensemble(self.configs, extractors, self.device, dedup_iou=self.dedup_iou)
-        resized = {s: torch.from_numpy(np.stack(backbones.resize([array], s))) for s in self._ensemble.input_sizes}
+        resized = {s: backbones.resized_batch([array], s) for s in self._ensemble.input_sizes}
         return self._ensemble.submit(resized, [array.shape[:2]])()[0]
