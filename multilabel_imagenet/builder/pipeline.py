@@ -386,8 +386,6 @@ class Build:
     def _imported_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
         """Discover rows from an imported proposals file (CutLER's COCO JSON) instead of MaskCut."""
         if self._imported is None:
-            from multilabel_imagenet.dataset import importers
-
             imported = importers.read_cutler(self.inputs.proposals_from)
             self._imported = {r.image_id: r for r in imported.records}
         rows = []
