@@ -19,33 +19,27 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from multilabel_imagenet import __version__, classes
-from multilabel_imagenet.dataset import schema
+from multilabel_imagenet import __version__
+from multilabel_imagenet.dataset import schema, spool
+from multilabel_imagenet.dataset.spool import DatasetWriteError as DatasetWriteError  # raised by write_config
 
 BUILD_JSON = "metadata/build.json"
 LOADING_SCRIPT = "loading_script/multilabel_imagenet.py"
 _SCRIPT_SOURCE = Path(__file__).resolve().parent / LOADING_SCRIPT  # also at <repo>/loading_script/
 FORMAT_VERSION = 1
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_BATCH_ROWS = 8192
 
 
 class DatasetFolderError(ValueError):
     """A dataset folder is incomplete or damaged; the message names the file."""
-
-
-class DatasetWriteError(ValueError):
-    """A record cannot be written; the message names the config, split, row and image."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +94,24 @@ def fingerprint(data: Any) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class FingerprintStream:
+    """:func:`fingerprint` of a list fed one item at a time: ``update`` each item, then ``hexdigest``."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256(b"[")
+        self._first = True
+
+    def update(self, item: Any) -> None:
+        text = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        self._digest.update((text if self._first else "," + text).encode("utf-8"))
+        self._first = False
+
+    def hexdigest(self) -> str:
+        digest = self._digest.copy()
+        digest.update(b"]")
+        return "sha256:" + digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -126,125 +138,45 @@ def shard_name(config: str, split: str, index: int, count: int) -> str:
     return f"data/{config}/{split}-{index:05d}-of-{count:05d}.parquet"
 
 
-def _where(config: str, split: str, row: int, image_id: str) -> str:
-    return f"{config}/{split} row {row} ({image_id!r})"
-
-
-def _check_sparse(classes_: tuple, scores: tuple, what: str, where: str) -> None:
-    if len(classes_) != len(scores):
-        raise DatasetWriteError(f"{where}: {what} has {len(classes_)} classes but {len(scores)} scores")
-    if len(set(classes_)) != len(classes_):
-        raise DatasetWriteError(f"{where}: {what} repeats a class: {list(classes_)}")
-    for c in classes_:
-        if not 0 <= int(c) < classes.NUM_CLASSES:
-            raise DatasetWriteError(f"{where}: {what} class {c} is outside 0..{classes.NUM_CLASSES - 1}")
-    for s in scores:
-        if not (math.isfinite(s) and 0.0 <= s <= 1.0):
-            raise DatasetWriteError(f"{where}: {what} score {s} is not a probability in [0, 1]")
-
-
-def _check_size(width: int | None, height: int | None, where: str) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value is not None and value <= 0:
-            raise DatasetWriteError(f"{where}: {name} {value} is not positive")
-
-
-def _check_labels(record: schema.ImageLabels, where: str) -> None:
-    if record.label is not None and not 0 <= record.label < classes.NUM_CLASSES:
-        raise DatasetWriteError(f"{where}: label {record.label} is outside 0..{classes.NUM_CLASSES - 1}")
-    _check_size(record.width, record.height, where)
-    _check_sparse(record.soft_classes, record.soft_scores, "soft_classes/soft_scores", where)
-    _check_sparse(record.global_classes, record.global_scores, "global_classes/global_scores", where)
-
-
-def _check_proposals(record: schema.ImageProposals, where: str) -> None:
-    _check_size(record.width, record.height, where)
-    for j, mask in enumerate(record.masks):
-        if tuple(mask.size) != (record.height, record.width):
-            raise DatasetWriteError(
-                f"{where}: mask {j} has RLE size [h, w] = {list(mask.size)} but the image is "
-                f"{record.height}x{record.width} (height x width)"
-            )
-        if len(mask.bbox) != 4:
-            raise DatasetWriteError(f"{where}: mask {j} bbox {list(mask.bbox)} is not [x, y, w, h]")
-        _check_sparse(mask.classes, mask.scores, f"mask {j} classes/scores", where)
-
-
-def _to_table(config: str, split: str, records: Iterable) -> pa.Table:
-    """Validate ``records`` and convert them to one Arrow table with the config's schema."""
-    arrow_schema = schema.features(config).arrow_schema
-    check, to_row = (
-        (_check_labels, schema.labels_row) if config == "labels" else (_check_proposals, schema.proposals_row)
-    )
-    seen: set[str] = set()
-    batches, rows = [], []
-    for i, record in enumerate(records):
-        where = _where(config, split, i, record.image_id)
-        if not record.image_id:
-            raise DatasetWriteError(f"{where}: empty image_id")
-        if record.image_id in seen:
-            raise DatasetWriteError(f"{where}: image_id appears twice in the split")
-        seen.add(record.image_id)
-        check(record, where)
-        rows.append(to_row(record))
-        if len(rows) == _BATCH_ROWS:
-            batches.append(pa.Table.from_pylist(rows, schema=arrow_schema))
-            rows = []
-    batches.append(pa.Table.from_pylist(rows, schema=arrow_schema))
-    return pa.concat_tables(batches).combine_chunks()
-
-
-def _write_shards(folder: Path, config: str, split: str, table: pa.Table, policy: ShardPolicy) -> list[dict]:
-    count = shard_count(table.num_rows, table.nbytes, policy)
-    bytes_per_row = max(1, table.nbytes // max(1, table.num_rows))
-    row_group_rows = max(1, min(policy.row_group_bytes // bytes_per_row, 100_000))
+def _write_shards(folder: Path, config: str, split: str, spooled: spool.Spool, policy: ShardPolicy) -> list[dict]:
+    """Cut a spooled split into ``shard_count`` files of consecutive rows, row groups of ~``row_group_bytes``."""
+    rows = spooled.num_rows
+    count = shard_count(rows, spooled.num_bytes, policy)
+    bytes_per_row = max(1, spooled.num_bytes // max(1, rows))
+    group_rows = max(1, min(policy.row_group_bytes // bytes_per_row, 100_000))
+    bounds = [index * rows // count for index in range(count + 1)]
+    batches = spooled.batches()
+    pending: list[pa.Table] = []  # rows read from the spool and not written yet, in order
     files = []
     for index in range(count):
-        start, stop = index * table.num_rows // count, (index + 1) * table.num_rows // count
         rel = shard_name(config, split, index, count)
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
-            table.slice(start, stop - start),
-            path,
-            row_group_size=row_group_rows,
-            compression=policy.compression,
-            write_page_index=True,
-        )
+        left = bounds[index + 1] - bounds[index]
+        with pq.ParquetWriter(path, spooled.arrow_schema, compression=policy.compression, write_page_index=True) as out:
+            if left == 0:
+                out.write_table(spooled.arrow_schema.empty_table())
+            while left:
+                table = _take(pending, batches, min(left, group_rows))
+                out.write_table(table, row_group_size=table.num_rows)
+                left -= table.num_rows
+        size = path.stat().st_size
         files.append(
-            {"path": rel, "num_rows": stop - start, "num_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            {"path": rel, "num_rows": bounds[index + 1] - bounds[index], "num_bytes": size, "sha256": file_sha256(path)}
         )
     return files
 
 
-def label_count_histogram(counts: np.ndarray) -> dict[str, float]:
-    """Share of images with k = 0, 1, 2, 3 and >= 4 labels (the paper's Table 5), plus the mean."""
-    counts = np.asarray(counts)
-    total = max(1, counts.size)
-    bins = {str(k): float(np.sum(counts == k)) / total for k in range(4)}
-    bins[">=4"] = float(np.sum(counts >= 4)) / total
-    return {**bins, "mean": float(counts.mean()) if counts.size else 0.0}
-
-
-def _statistics(config: str, table: pa.Table) -> dict[str, Any]:
-    if config == "labels":
-        num_labels = pc.list_value_length(table["labels"]).to_numpy(zero_copy_only=False)
-        num_soft = pc.list_value_length(table["soft_classes"]).to_numpy(zero_copy_only=False)
-        return {
-            "num_images": table.num_rows,
-            "label_count_distribution": label_count_histogram(num_labels),
-            "label_count_threshold": schema.LABEL_THRESHOLD,
-            "mean_soft_classes": float(num_soft.mean()) if num_soft.size else 0.0,
-        }
-    masks = table["masks"].combine_chunks()
-    per_image = pc.list_value_length(masks).to_numpy(zero_copy_only=False)
-    sources = pc.value_counts(pc.list_flatten(masks).field("source")).to_pylist()
-    return {
-        "num_images": table.num_rows,
-        "num_masks": int(per_image.sum()),
-        "mean_masks_per_image": float(per_image.mean()) if per_image.size else 0.0,
-        "masks_per_source": {s["values"]: s["counts"] for s in sorted(sources, key=lambda s: s["values"])},
-    }
+def _take(pending: list[pa.Table], batches: Iterator[pa.Table], n: int) -> pa.Table:
+    """The next ``n`` rows: from ``pending`` first, then from ``batches``; what is left over stays in ``pending``."""
+    have = sum(t.num_rows for t in pending)
+    while have < n:
+        table = next(batches)
+        pending.append(table)
+        have += table.num_rows
+    table = pa.concat_tables(pending)
+    pending[:] = [table.slice(n)] if table.num_rows > n else []
+    return table.slice(0, n)
 
 
 def read_build_json(folder: str | Path) -> dict:
@@ -301,30 +233,45 @@ def write_config(
     folder: str | Path,
     config: str,
     records_by_split: Mapping[str, Iterable],
-    build: BuildInfo,
+    build: BuildInfo | Callable[[], BuildInfo],
     policy: ShardPolicy = ShardPolicy(),
 ) -> dict:
     """Write one config's shards (replacing earlier ones) and its entry in build.json; return that entry.
 
     ``records_by_split`` maps a split name (``train``, ``validation``) to :class:`~.schema.ImageLabels` records for
-    ``labels`` or :class:`~.schema.ImageProposals` records for ``proposals``.
+    ``labels`` or :class:`~.schema.ImageProposals` records for ``proposals``: any iterables, consumed once, in
+    memory bounded by a batch (:mod:`.spool`). ``build`` may be a function called once the records are consumed,
+    for build info that is counted while they stream (e.g. a fingerprint of the image paths).
     """
     schema.features(config)
-    check_version(build.version)
+    if not callable(build):
+        check_version(build.version)
     for split in records_by_split:
         if split not in schema.SPLITS:
             raise ValueError(f"unknown split {split!r}; the splits are {', '.join(schema.SPLITS)}")
     folder = Path(folder)
-    tables = {split: _to_table(config, split, records) for split, records in sorted(records_by_split.items())}
-    shutil.rmtree(folder / "data" / config, ignore_errors=True)
-    entry = {"build": build.to_dict(), "splits": {}}
-    for split, table in tables.items():
-        entry["splits"][split] = {
-            "num_rows": table.num_rows,
-            "num_bytes": table.nbytes,
-            "files": _write_shards(folder, config, split, table, policy),
-            "statistics": _statistics(config, table),
+    spool_dir = folder / f".spool-{config}"
+    shutil.rmtree(spool_dir, ignore_errors=True)
+    spool_dir.mkdir(parents=True)
+    try:
+        spooled = {
+            split: spool.spool(config, split, records, spool_dir / f"{split}.parquet")
+            for split, records in sorted(records_by_split.items())
         }
+        if callable(build):
+            build = build()
+            check_version(build.version)
+        shutil.rmtree(folder / "data" / config, ignore_errors=True)
+        entry = {"build": build.to_dict(), "splits": {}}
+        for split, rows in spooled.items():
+            entry["splits"][split] = {
+                "num_rows": rows.num_rows,
+                "num_bytes": rows.num_bytes,
+                "files": _write_shards(folder, config, split, rows, policy),
+                "statistics": rows.statistics,
+            }
+    finally:
+        shutil.rmtree(spool_dir, ignore_errors=True)
     build_json = read_build_json(folder) if (folder / BUILD_JSON).exists() else {"configs": {}}
     configs = {**build_json["configs"], config: entry}
     manifest = {
@@ -343,7 +290,7 @@ def write_config(
 
 def write_dataset(
     folder: str | Path,
-    build: BuildInfo,
+    build: BuildInfo | Callable[[], BuildInfo],
     labels: Mapping[str, Iterable[schema.ImageLabels]] | None = None,
     proposals: Mapping[str, Iterable[schema.ImageProposals]] | None = None,
     policy: ShardPolicy = ShardPolicy(),
