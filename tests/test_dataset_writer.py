@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 from test_dataset_support import BUILD, synthetic_records
@@ -192,3 +194,38 @@ def test_card_metadata_and_missing_configs(folder, tmp_path):
         card.read_configs(bare)
     with pytest.raises(card.CardError, match="missing"):
         card.read_configs(tmp_path)
+
+
+@pytest.mark.slow
+def test_rle_text_over_2_gib_writes_and_loads(tmp_path):
+    """A proposals split whose RLE text exceeds 2 GiB (int32 string offsets) writes, streams and loads back."""
+    rows, counts_bytes = 2200, 2**20
+
+    def counts(i: int) -> str:
+        return f"{i:08d}" * (counts_bytes // 8)
+
+    def records():
+        for i in range(rows):
+            mask = schema.Proposal(
+                (600, 800), counts(i), (0.0, 0.0, 10.0, 10.0), 100, "dinov3_b16", (i % 1000,), (0.5,)
+            )
+            yield schema.ImageProposals(f"img{i:05d}", 800, 600, (mask,))
+
+    folder = writer.write_dataset(tmp_path / "big", BUILD, proposals={"train": records()})
+    entry = writer.read_build_json(folder)["configs"]["proposals"]["splits"]["train"]
+    assert entry["num_rows"] == rows and entry["num_bytes"] > 2**31
+    assert entry["statistics"]["num_masks"] == rows
+    for f in entry["files"]:  # row groups stay small however large the split
+        meta = pq.ParquetFile(folder / f["path"]).metadata
+        assert max(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)) < 64 * 2**20
+    ds = _load(folder, "proposals", "train", tmp_path).with_format("arrow")
+    assert len(ds) == rows
+    total, checked = 0, 0
+    for start in range(0, rows, 100):
+        batch = ds[start : start + 100]
+        text = pc.list_flatten(batch.column("masks").combine_chunks()).field("counts")
+        total += pc.sum(pc.binary_length(text)).as_py()
+        first = text[0].as_py()
+        assert first == counts(start)
+        checked += 1
+    assert total == rows * counts_bytes > 2**31 and checked == rows // 100
