@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from multilabel_imagenet.builder import pipeline, synthetic
+from multilabel_imagenet.builder import pipeline, settings, synthetic
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("build_speed.json"))
     args = parser.parse_args()
-    device = pipeline.resolve_device(args.device)
-    config = pipeline.BuildConfig.preset("synthetic")
+    device = settings.resolve_device(args.device)
+    config = settings.BuildConfig.preset("synthetic")
     result = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -48,20 +48,20 @@ def main() -> None:
         runs = [
             (
                 "train",
-                pipeline.BuildInputs(
+                settings.BuildInputs(
                     scenes / "train", "train", output, work, relabel_maps=scenes / "relabel_maps", device=args.device
                 ),
-                pipeline.STAGES[:-1],
+                settings.STAGES[:-1],
             ),
             (
                 "validation",
-                pipeline.BuildInputs(
+                settings.BuildInputs(
                     scenes / "val",
                     "validation",
                     output,
                     work,
                     labels=scenes / "val_labels.txt",
-                    labeler_checkpoint=work / pipeline.CHECKPOINT,
+                    labeler_checkpoint=work / settings.CHECKPOINT,
                     device=args.device,
                 ),
                 ("discover", "label", "package"),

@@ -1,7 +1,7 @@
 """Throughput of the build's image passes: the MaskCut ensemble (discover) and the labeler (label), per stage.
 
-On whatever device is present, with the stage code the build runs (``pipeline.discover_records``,
-``pipeline.label_records``) over JPEG files of synthetic scenes (240-400 x 300-512 px, ImageNet-like sizes):
+On whatever device is present, with the stage code the build runs (``loaders.discover_records``,
+``loaders.label_records``) over JPEG files of synthetic scenes (240-400 x 300-512 px, ImageNet-like sizes):
 
 * decode: decoding + resizing to every input size in DataLoader workers, alone (images/s);
 * per MaskCut configuration (seconds per image, summed over the batches): features (host-to-device copy,
@@ -42,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from multilabel_imagenet import images
-from multilabel_imagenet.builder import backbones, configs, crf, labeler, maskcut, pipeline, proposals, synthetic
+from multilabel_imagenet.builder import backbones, configs, crf, labeler, loaders, maskcut, proposals, synthetic
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets; matched on the device name.
 BF16_PEAK_TFLOPS = {
@@ -97,14 +97,14 @@ def sync(device: torch.device) -> None:
 
 def decode_rate(records, sizes, batch, workers) -> float:
     t0 = time.perf_counter()
-    n = sum(len(b.indices) for b in pipeline.resized_batches(records, sizes, batch, workers))
+    n = sum(len(b.indices) for b in loaders.resized_batches(records, sizes, batch, workers))
     return n / (time.perf_counter() - t0)
 
 
 def run_discover(records, ensemble, batch, workers, device) -> tuple[float, list]:
     sync(device)
     t0 = time.perf_counter()
-    found = list(pipeline.discover_records(records, ensemble, batch, workers, device.type == "cuda"))
+    found = list(loaders.discover_records(records, ensemble, batch, workers, device.type == "cuda"))
     sync(device)
     return len(found) / (time.perf_counter() - t0), found
 
@@ -115,7 +115,7 @@ def run_label(records, found, extractor, head, lab, device, batch, workers) -> f
     }
     sync(device)
     t0 = time.perf_counter()
-    n = sum(1 for _ in pipeline.label_records(records, masks.__getitem__, extractor, head, lab, device, batch, workers))
+    n = sum(1 for _ in loaders.label_records(records, masks.__getitem__, extractor, head, lab, device, batch, workers))
     sync(device)
     return n / (time.perf_counter() - t0)
 

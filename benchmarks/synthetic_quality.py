@@ -21,7 +21,7 @@ import numpy as np
 from datasets import load_dataset
 from pycocotools import mask as mask_utils
 
-from multilabel_imagenet.builder import aggregate, pipeline, synthetic
+from multilabel_imagenet.builder import aggregate, demo, synthetic
 
 
 def proposal_recall(folder: Path, ground_truth: Path, split: str) -> float:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("synthetic_quality.json"))
     args = parser.parse_args()
     start = time.perf_counter()
-    folder = pipeline.build_synthetic_demo(args.root, args.train, args.val)
+    folder = demo.build_synthetic_demo(args.root, args.train, args.val)
     seconds = time.perf_counter() - start
     result = {
         "machine": platform.processor() or platform.machine(),

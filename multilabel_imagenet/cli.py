@@ -136,17 +136,17 @@ def _build_options(command):
 
 
 def _make_build(opts: dict):
-    from multilabel_imagenet.builder import pipeline
+    from multilabel_imagenet.builder import pipeline, settings
 
     if opts["images"] is None or opts["output"] is None:
         raise click.UsageError("--images and --output are needed (run `multilabel-imagenet build` alone for the demo)")
     config = (
-        pipeline.BuildConfig.load(opts["config_file"])
+        settings.BuildConfig.load(opts["config_file"])
         if opts["config_file"]
-        else pipeline.BuildConfig.preset(opts["preset"])
+        else settings.BuildConfig.preset(opts["preset"])
     )
     work_dir = opts["work_dir"] or opts["output"].with_name(opts["output"].name + "-work")
-    inputs = pipeline.BuildInputs(
+    inputs = settings.BuildInputs(
         images=opts["images"],
         split=opts["split"],
         output=opts["output"],
@@ -200,10 +200,10 @@ def build_group(ctx: click.Context, **opts) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if opts["images"] is None:
-        from multilabel_imagenet.builder import pipeline
+        from multilabel_imagenet.builder import demo
 
         root = opts["output"] or Path("multilabel-imagenet-demo")
-        folder = pipeline.build_synthetic_demo(root, device=opts["device"], progress=not opts["quiet"])
+        folder = demo.build_synthetic_demo(root, device=opts["device"], progress=not opts["quiet"])
         _print_load_hint(folder)
         return
     _run_stages(opts, ("discover", "select", "train-labeler", "label", "package"))
@@ -228,9 +228,9 @@ _stage_command("package", "Aggregate all built splits of the work directory into
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 def build_config_command(preset: str, fmt: str) -> None:
     """Print a full build configuration with the preset's defaults (edit it and pass it with --config)."""
-    from multilabel_imagenet.builder import pipeline
+    from multilabel_imagenet.builder import settings
 
-    click.echo(pipeline.BuildConfig.preset(preset).dumps(fmt), nl=False)
+    click.echo(settings.BuildConfig.preset(preset).dumps(fmt), nl=False)
 
 
 _checkpoint_option = click.option(

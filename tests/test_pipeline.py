@@ -11,14 +11,14 @@ from datasets import load_dataset
 from pycocotools import mask as mask_utils
 
 from multilabel_imagenet import classes
-from multilabel_imagenet.builder import pipeline, shards, synthetic
+from multilabel_imagenet.builder import loaders, package, pipeline, settings, shards, synthetic
 from multilabel_imagenet.builder.labeler import LabelerConfig
 from multilabel_imagenet.cli import main
 
 
-def _small_config() -> pipeline.BuildConfig:
+def _small_config() -> settings.BuildConfig:
     """The synthetic preset at 128 px and a short labeler schedule, so a build takes seconds."""
-    config = pipeline.BuildConfig.preset("synthetic")
+    config = settings.BuildConfig.preset("synthetic")
     maskcut = [asdict(c) | {"input_size": 128} for c in config.maskcut_configs()]
     labeler = asdict(LabelerConfig(backbone="colour-texture", input_size=128, epochs=30, batch_size=16))
     return replace(config, maskcut=maskcut, labeler=labeler, shard_size=3, batch_size=4)
@@ -72,7 +72,7 @@ def _cli_build(scenes: Path, out: Path, config_file: Path, *extra: str) -> None:
         str(config_file),
         "--quiet",
         "--labeler-checkpoint",
-        str(out.with_name(out.name + "-work") / pipeline.CHECKPOINT),
+        str(out.with_name(out.name + "-work") / settings.CHECKPOINT),
         *extra,
     ]
     result = runner.invoke(main, val)
@@ -121,16 +121,16 @@ def test_same_inputs_give_identical_dataset_after_a_kill(reference, scenes, conf
     calls = {"n": 0}
     original = shards.StageDir.write
 
-    def killed_after_two_shards(self, index, rows):
+    def killed_after_two_shards(self, index, rows, count=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # killed in the middle of a stage
-        return original(self, index, rows)
+        return original(self, index, rows, count)
 
     monkeypatch.setattr(shards.StageDir, "write", killed_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        config = pipeline.BuildConfig.load(config_file)
-        inputs = pipeline.BuildInputs(
+        config = settings.BuildConfig.load(config_file)
+        inputs = settings.BuildInputs(
             scenes / "train", "train", out, tmp_path / "dataset-work", relabel_maps=scenes / "relabel_maps"
         )
         pipeline.Build(inputs, config, progress=False).run()
@@ -193,8 +193,8 @@ def test_config_round_trip_and_errors(tmp_path):
     assert printed.exit_code == 0
     data = json.loads(printed.output)
     assert data["tau_sel"] == 0.75 and data["labeler"]["patch_drop"] == 0.25 and data["maskcut_preset"] == "paper"
-    assert pipeline.BuildConfig.from_dict(data) == pipeline.BuildConfig()
-    assert [c.name for c in pipeline.BuildConfig().maskcut_configs()] == [
+    assert settings.BuildConfig.from_dict(data) == settings.BuildConfig()
+    assert [c.name for c in settings.BuildConfig().maskcut_configs()] == [
         "dinov3_b16",
         "dinov2_g14",
         "dinov2_l14",
@@ -203,15 +203,15 @@ def test_config_round_trip_and_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tau_sel: 0.75\nlearning_rate: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown build settings \['learning_rate'\]"):
-        pipeline.BuildConfig.load(bad)
+        settings.BuildConfig.load(bad)
     bad.write_text("labeler: {lr: 0.1, hidden_size: 3}\n")
     with pytest.raises(ValueError, match="unknown labeler settings"):
-        pipeline.BuildConfig.load(bad)
+        settings.BuildConfig.load(bad)
 
 
 def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
-    config = pipeline.BuildConfig.load(config_file)
-    inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work")
+    config = settings.BuildConfig.load(config_file)
+    inputs = settings.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work")
     pipeline.Build(inputs, config, progress=False)
     with pytest.raises(ValueError, match="other settings"):
         pipeline.Build(inputs, replace(config, tau_sel=0.5), progress=False)
@@ -223,14 +223,14 @@ def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
 
 
 def test_package_calibrates_ambiguity_on_real_when_asked(reference, config_file, tmp_path):
-    config = replace(pipeline.BuildConfig.load(config_file), ambiguity_calibration="real")
-    out = pipeline.package(reference.with_name(reference.name + "-work"), tmp_path / "dataset", config)
-    stored = json.loads((out / pipeline.AMBIGUITY_JSON).read_text())
+    config = replace(settings.BuildConfig.load(config_file), ambiguity_calibration="real")
+    out = package.package(reference.with_name(reference.name + "-work"), tmp_path / "dataset", config)
+    stored = json.loads((out / settings.AMBIGUITY_JSON).read_text())
     assert len(stored["pairs"]) == 35 and stored["images"] > 0
     from multilabel_imagenet.builder.aggregate import Ambiguity
 
     assert Ambiguity.from_dict(stored).pairs[0] == (classes.index_of("n04355933"), classes.index_of("n04356056"))
-    assert not (reference / pipeline.AMBIGUITY_JSON).exists(), "the synthetic preset does not calibrate"
+    assert not (reference / settings.AMBIGUITY_JSON).exists(), "the synthetic preset does not calibrate"
     with pytest.raises(ValueError, match="ambiguity_calibration must be one of"):
         replace(config, ambiguity_calibration="coco")
 
@@ -264,11 +264,11 @@ def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
 @pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
 def test_cpu_pools_give_the_same_proposals_as_inline(scenes, config_file, tmp_path, backend):
     """Threads (cpu_threads) and, for pydensecrf, processes (crf_workers) change speed, not proposals."""
-    base = pipeline.BuildConfig.load(config_file)
+    base = settings.BuildConfig.load(config_file)
     base = replace(base, maskcut=[c | {"crf_backend": backend} for c in base.maskcut], cpu_threads=0, crf_workers=0)
 
-    def discover(config: pipeline.BuildConfig, name: str) -> list[bytes]:
-        inputs = pipeline.BuildInputs(scenes / "train", "train", tmp_path / name, tmp_path / f"{name}-work")
+    def discover(config: settings.BuildConfig, name: str) -> list[bytes]:
+        inputs = settings.BuildInputs(scenes / "train", "train", tmp_path / name, tmp_path / f"{name}-work")
         pipeline.Build(inputs, config, progress=False).run(("discover",))
         return [p.read_bytes() for p in sorted((tmp_path / f"{name}-work" / "discover" / "train").glob("*.jsonl"))]
 
@@ -298,7 +298,7 @@ def test_discover_records_decodes_once_per_image_and_reports_failures(scenes, tm
     (base,) = configs.preset("synthetic")
     cfgs = [replace(base, input_size=128), replace(base, name="at_64", input_size=64, crf=False)]
     ex = backbones.load_backbone(base.backbone, base.feature)
-    out = list(pipeline.discover_records(records, maskcut.Ensemble(cfgs, [ex, ex]), 3, workers))
+    out = list(loaders.discover_records(records, maskcut.Ensemble(cfgs, [ex, ex]), 3, workers))
     assert sorted(j for j, _, _ in out) == list(range(len(records)))
     failed = [(j, found) for j, size, found in out if size is None]
     assert [records[j].full_path for j, _ in failed] == [victim] and "not a recognised image" in failed[0][1]
@@ -318,8 +318,8 @@ def test_discover_records_on_cuda_with_pinned_batches(scenes, tmp_path):
     (base,) = configs.preset("synthetic")
     cfg = replace(base, input_size=128)
     ex = backbones.load_backbone(base.backbone, base.feature)
-    cpu = {j: p for j, _, p in pipeline.discover_records(records, maskcut.Ensemble([cfg], [ex]), 3, 0)}
-    cuda = {j: p for j, _, p in pipeline.discover_records(records, maskcut.Ensemble([cfg], [ex], "cuda"), 3, 2, True)}
+    cpu = {j: p for j, _, p in loaders.discover_records(records, maskcut.Ensemble([cfg], [ex]), 3, 0)}
+    cuda = {j: p for j, _, p in loaders.discover_records(records, maskcut.Ensemble([cfg], [ex], "cuda"), 3, 2, True)}
     assert cpu.keys() == cuda.keys()
     pairs = [(a, b) for j in cpu if not isinstance(cpu[j], str) for a, b in zip(cpu[j], cuda[j], strict=True)]
     assert pairs and min(mask_iou(a.decode(), b.decode()) for a, b in pairs) > 0.9

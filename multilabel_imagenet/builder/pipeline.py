@@ -1,12 +1,10 @@
-"""The build: discover -> select -> train-labeler -> label -> package (DESIGN.md "Build stages").
+"""The build's stages over one split: discover -> select -> train-labeler -> label (DESIGN.md "Build stages").
 
 Every stage reads and writes the work directory (:mod:`shards`), one file per shard of images, so each can run
 on its own, be resumed after a kill, or be split over independent processes (``--shard I/N``) or a Ray
 cluster. Images that cannot be decoded, missing ReLabel maps and images without proposals are recorded in the
-shard files with their reason, collected into ``errors.jsonl``, and counted; a run never stops for them.
-
-Configuration is one :class:`BuildConfig` (YAML or JSON file); ``BuildConfig.preset("paper")`` holds the
-paper's defaults and ``"synthetic"`` the weight-free demo on the bundled synthetic scenes.
+shard files with their reason, collected into ``errors.jsonl`` by the package stage (:mod:`.package`), and
+counted; a run never stops for them. Settings live in :mod:`.settings`, the device loops in :mod:`.loaders`.
 """
 
 from __future__ import annotations
@@ -16,267 +14,30 @@ import math
 import multiprocessing
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
-from multilabel_imagenet import classes, images
-from multilabel_imagenet.builder import aggregate, backbones, configs, labeler, maskcut, relabel_maps, shards
-from multilabel_imagenet.builder.labeler import LabelerConfig
+from multilabel_imagenet import images
+from multilabel_imagenet.builder import backbones, labeler, listing, maskcut, relabel_maps, shards
+from multilabel_imagenet.builder.loaders import discover_records, label_records, labeler_features
+from multilabel_imagenet.builder.package import ERRORS_JSONL, package
+from multilabel_imagenet.builder.settings import (
+    CHECKPOINT,
+    RUNTIME_SETTINGS,
+    SHARDED_STAGES,
+    STAGES,
+    BuildConfig,
+    BuildInputs,
+    resolve_device,
+)
 from multilabel_imagenet.dataset import importers, schema, writer
-
-SPLITS = ("train", "validation")
-STAGES = ("discover", "select", "train-labeler", "label", "package")
-SHARDED_STAGES = ("discover", "select", "label")
-RUNTIME_SETTINGS = ("num_workers", "crf_workers", "cpu_threads")
-"""Settings that change how fast a build runs, never its results: a work directory may resume with others."""
-CHECKPOINT = "labeler/head.safetensors"
-AMBIGUITY_JSON = "metadata/ambiguity.json"
-
-
-@dataclass
-class BuildConfig:
-    """Every parameter of a build. Defaults are the paper's (``preset="paper"``)."""
-
-    version: str = "1.0.0"
-    maskcut_preset: str = "paper"  # the four configurations of Supp. A.2
-    maskcut: list[dict] = field(default_factory=list)  # explicit configurations; replace the preset when given
-    solver: str = "fast"  # normalised cut: "exact" (published, float64) or "fast" (batched torch)
-    dedup_iou: float = configs.DEFAULT_DEDUP_IOU  # our choice, see configs.DEFAULT_DEDUP_IOU
-    tau_sel: float = relabel_maps.TAU_SELECT  # Supp. B.1
-    select_mode: str = "paper"  # or "authors" (REFERENCE.md section 2)
-    add_full_image: bool = False  # authors' variant only
-    resample: str = "bilinear"  # how ReLabel maps meet masks (relabel_maps)
-    labeler: dict = field(default_factory=lambda: asdict(LabelerConfig()))
-    ambiguity_calibration: str = "real"  # Supp. E: calibrate on ReaL when the validation split is built; "none"
-    shard_size: int = 1000  # images per shard file
-    batch_size: int = 32  # images per backbone forward
-    num_workers: int = 4  # decoding processes
-    crf_workers: int = 4  # processes for pydensecrf-backend CRFs while the backbone runs the next batch; 0 = inline
-    cpu_threads: int = 4  # threads for hole filling, self-check, resizing and RLE encoding of masks; 0 = inline
-    seed: int = 0
-    weights: dict = field(default_factory=dict)  # backbone name -> local weights (safetensors file or folder)
-
-    def __post_init__(self) -> None:
-        choices = {
-            "solver": ("exact", "fast"),
-            "select_mode": relabel_maps.SELECT_MODES,
-            "resample": relabel_maps.RESAMPLE_MODES,
-            "ambiguity_calibration": ("real", "none"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-    @classmethod
-    def preset(cls, name: str) -> BuildConfig:
-        if name == "paper":
-            return cls()
-        if name == "synthetic":
-            # Few samples: more epochs than the paper's schedule would give them; otherwise the paper's settings.
-            demo_labeler = LabelerConfig(backbone="colour-texture", input_size=256, epochs=200, batch_size=32)
-            return cls(
-                maskcut_preset="synthetic",
-                ambiguity_calibration="none",
-                crf_workers=0,
-                cpu_threads=0,
-                labeler=asdict(demo_labeler),
-                shard_size=32,
-                batch_size=16,
-                num_workers=0,
-            )
-        raise ValueError(f"unknown build preset {name!r}; known: paper, synthetic")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BuildConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown build settings {sorted(unknown)}; known: {sorted(known)}")
-        config = cls(**data)
-        config.labeler_config()  # validate the nested settings now
-        config.maskcut_configs()
-        return config
-
-    @classmethod
-    def load(cls, path: str | Path) -> BuildConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read the build configuration: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a build configuration is a mapping of settings")
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
-
-    def dumps(self, fmt: str = "yaml") -> str:
-        data = asdict(self)
-        return json.dumps(data, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(data, sort_keys=False)
-
-    def maskcut_configs(self) -> tuple[configs.MaskCutConfig, ...]:
-        if self.maskcut:
-            return tuple(configs.MaskCutConfig(**c) for c in self.maskcut)
-        return configs.preset(self.maskcut_preset)
-
-    def labeler_config(self) -> LabelerConfig:
-        return LabelerConfig.from_dict(self.labeler)
-
-
-@dataclass
-class BuildInputs:
-    """Where things are: the images of one split, ReLabel maps (train), the work directory and the output."""
-
-    images: Path
-    split: str
-    output: Path
-    work_dir: Path
-    relabel_maps: Path | None = None
-    layout: str = "auto"
-    labels: Path | None = None  # ground truth of a flat val folder
-    labeler_checkpoint: Path | None = None  # reuse a trained labeler (a validation build reuses train's)
-    proposals_from: Path | None = None  # CutLER's COCO JSON of MaskCut proposals, used instead of running MaskCut
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available here")
-    return torch.device(device)
-
-
-@dataclass
-class ResizedBatch:
-    """Decoded images resized to every input size of a MaskCut ensemble (one decode serves all of them)."""
-
-    indices: list[int]  # positions in the records of the images that decoded
-    sizes: list[tuple[int, int]]  # their original (height, width)
-    resized: dict[int, torch.Tensor]  # input size S -> (len(indices), S, S, 3) uint8
-    errors: list[tuple[int, str]]  # (position, reason) of those that did not
-
-    def pin_memory(self) -> ResizedBatch:
-        """Page-locked copies, so the host-to-GPU copies run asynchronously (DataLoader's pin_memory)."""
-        return replace(self, resized={k: v.pin_memory() for k, v in self.resized.items()})
-
-
-class _Resized(torch.utils.data.Dataset):
-    """Decodes records in DataLoader workers and resizes each image to every input size; a failure becomes an
-    error string, never an exception."""
-
-    def __init__(self, records: Sequence[images.ImageRecord], input_sizes: Sequence[int]):
-        self.records, self.input_sizes = records, input_sizes
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        try:
-            image = images.decode_image(self.records[i].full_path)
-        except images.ImageDecodeError as err:
-            return i, None, None, err.reason
-        return i, (image.height, image.width), {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
-
-
-def _collate_resized(items: list) -> ResizedBatch:
-    ok = [(i, size, resized) for i, size, resized, err in items if err is None]
-    stacked = {s: torch.from_numpy(np.stack([r[s] for _, _, r in ok])) for s in ok[0][2]} if ok else {}
-    errors = [(i, err) for i, _, _, err in items if err is not None]
-    return ResizedBatch([i for i, _, _ in ok], [tuple(size) for _, size, _ in ok], stacked, errors)
-
-
-def resized_batches(
-    records: Sequence[images.ImageRecord],
-    input_sizes: Sequence[int],
-    batch_size: int,
-    num_workers: int,
-    pin_memory: bool = False,
-) -> Iterator[ResizedBatch]:
-    """Batches of images decoded and resized (LANCZOS) to each of ``input_sizes`` in ``num_workers`` processes."""
-    loader = torch.utils.data.DataLoader(
-        _Resized(records, input_sizes),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate_resized,
-        shuffle=False,
-        pin_memory=pin_memory,
-    )
-    yield from loader
-
-
-def discover_records(
-    records: Sequence[images.ImageRecord],
-    ensemble: maskcut.Ensemble,
-    batch_size: int,
-    num_workers: int,
-    pin_memory: bool = False,
-) -> Iterator[tuple[int, tuple[int, int] | None, list | str]]:
-    """The discover stage over ``records``: ``(position, (height, width), merged proposals)`` per decoded image
-    and ``(position, None, reason)`` per image that failed to decode, in batch order.
-
-    Decoding and resizing run in ``num_workers`` DataLoader processes; one batch is kept in flight, so its CPU
-    steps (hole filling, encoding, pydensecrf) overlap the next batch's device steps.
-    """
-    pending: tuple | None = None
-    for batch in resized_batches(records, ensemble.input_sizes, batch_size, num_workers, pin_memory):
-        submitted = (batch, ensemble.submit(batch.resized, batch.sizes) if batch.indices else list)
-        if pending is not None:
-            yield from _finished(*pending)
-        pending = submitted
-    if pending is not None:
-        yield from _finished(*pending)
-
-
-def _finished(batch: ResizedBatch, result: Callable[[], list]) -> Iterator[tuple]:
-    yield from ((j, None, reason) for j, reason in batch.errors)
-    yield from zip(batch.indices, batch.sizes, result(), strict=True)
-
-
-def labeler_features(
-    records: Sequence[images.ImageRecord],
-    extractor: backbones.Extractor,
-    config: LabelerConfig,
-    device: torch.device,
-    batch_size: int,
-    num_workers: int,
-) -> Iterator[tuple[int, torch.Tensor | str]]:
-    """The labeler backbone's patch tokens [h, w, d] (float32, on the CPU) per image as ``(position, tokens)``;
-    ``(position, reason)`` where an image no longer decodes. Decoding and resizing run in DataLoader workers,
-    the backbone on ``device``."""
-    size = config.input_size
-    for batch in resized_batches(records, [size], batch_size, num_workers, device.type == "cuda"):
-        yield from batch.errors
-        if batch.indices:
-            yield from zip(batch.indices, backbones.tokens(extractor, batch.resized[size], device), strict=True)
-
-
-def label_records(
-    records: Sequence[images.ImageRecord],
-    masks_of: Callable[[int], np.ndarray],
-    extractor: backbones.Extractor,
-    head: labeler.LabelerHead,
-    config: LabelerConfig,
-    device: torch.device,
-    batch_size: int,
-    num_workers: int,
-) -> Iterator[tuple[int, labeler.ImageLabels | str]]:
-    """The label stage over ``records``: ``(position, labels)`` per image, ``masks_of(position)`` giving its
-    proposal masks [M, H, W]; ``(position, reason)`` where an image no longer decodes (:func:`labeler_features`)."""
-    for k, tokens in labeler_features(records, extractor, config, device, batch_size, num_workers):
-        yield k, tokens if isinstance(tokens, str) else labeler.label_image(head, tokens, masks_of(k), config)
 
 
 class Build:
@@ -285,7 +46,7 @@ class Build:
     def __init__(self, inputs: BuildInputs, config: BuildConfig, shard: str | None = None, progress: bool = True):
         self.inputs, self.config, self.progress = inputs, config, progress
         self.worker, self.workers = shards.parse_shard_spec(shard)
-        self.records = images.open_source(inputs.images, inputs.layout, inputs.labels)
+        self.records = listing.open_listing(inputs.work_dir, inputs.split, inputs.images, inputs.layout, inputs.labels)
         if not self.records:
             raise ValueError(f"{inputs.images}: no images")
         self.shards = shards.split_into_shards(self.records, config.shard_size)
@@ -353,7 +114,11 @@ class Build:
         self.check_ready(name)
         with self._bar(sum(len(self.shards[i]) for i in todo), name) as bar:
             for i in todo:
-                out.write(i, self.shard_rows(name, i, bar.update))
+                self.write_shard(name, i, bar.update)
+
+    def write_shard(self, name: str, index: int, tick: Callable[[int], object] = lambda n: None) -> None:
+        """Compute shard ``index`` of stage ``name`` and write it with its counters."""
+        self.stage(name).write(index, self.shard_rows(name, index, tick), ROW_COUNTERS[name])
 
     def check_ready(self, name: str) -> None:
         """Fail early, naming what is missing, when stage ``name`` cannot run with these inputs."""
@@ -591,13 +356,15 @@ class Build:
         found = self.stage("discover")
         lines = [f"{self.inputs.split}: {len(self.records)} images in {len(self.shards)} shards"]
         mine = [i for i in shards.mine(len(self.shards), self.worker, self.workers) if found.is_complete(i)]
-        rows = [r for i in mine for r in found.read(i)]
-        if rows:
-            failed = sum("error" in r for r in rows)
-            n_props = [len(r["proposals"]) for r in rows if "error" not in r]
+        counts = Counter()
+        for i in mine:
+            counts.update(found.counts(i, ROW_COUNTERS["discover"]))
+        if counts["images"]:
+            decoded = counts["images"] - counts["errors"]
             lines.append(
-                f"  discover: {len(rows)} images, {sum(n_props)} proposals ({np.mean(n_props or [0]):.2f} per "
-                f"image), {failed} could not be decoded, {n_props.count(0)} without proposals"
+                f"  discover: {counts['images']} images, {counts['proposals']} proposals "
+                f"({counts['proposals'] / max(1, decoded):.2f} per image), {counts['errors']} could not be decoded, "
+                f"{counts['without_proposals']} without proposals"
             )
         build_json = self.inputs.output / writer.BUILD_JSON
         if build_json.is_file():
@@ -610,13 +377,37 @@ class Build:
                 lines.append(
                     f"  labels per image (score > {schema.LABEL_THRESHOLD}): {shares}; mean {dist['mean']:.2f}"
                 )
-            errors = self.inputs.output / "metadata" / "errors.jsonl"
+            errors = self.inputs.output / ERRORS_JSONL
             if errors.is_file():
-                lines.append(f"  errors recorded: {len(errors.read_text().splitlines())} (in {errors})")
+                with open(errors, "rb") as f:
+                    recorded = sum(1 for _ in f)
+                lines.append(f"  errors recorded: {recorded} (in {errors})")
         timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items())
         if timing:
             lines.append(f"  time per stage: {timing}")
         return "\n".join(lines)
+
+
+def _discover_counts(row: dict) -> dict[str, int]:
+    failed = "error" in row
+    found = 0 if failed else len(row["proposals"])
+    return {"images": 1, "errors": int(failed), "proposals": found, "without_proposals": int(not failed and not found)}
+
+
+def _select_counts(row: dict) -> dict[str, int]:
+    return {"images": 1, "errors": int("error" in row), "samples": len(row["samples"])}
+
+
+def _label_counts(row: dict) -> dict[str, int]:
+    return {"images": 1, "errors": int("error" in row), "masks": len(row.get("mask_classes", ()))}
+
+
+ROW_COUNTERS: dict[str, shards.RowCounter] = {
+    "discover": _discover_counts,
+    "select": _select_counts,
+    "label": _label_counts,
+}
+"""What each sharded stage counts per shard (``<shard>.counts.json``), for summaries."""
 
 
 def _base_row(record: images.ImageRecord) -> dict:
@@ -635,154 +426,3 @@ def _masks(row: dict) -> np.ndarray:
 def _round(scores: np.ndarray) -> np.ndarray:
     """Scores stored with 6 significant decimals: stable bytes across runs and platforms."""
     return np.round(scores.astype(np.float64), 6)
-
-
-def _split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) -> shards.StageDir:
-    stamp = json.loads((work_dir / f"build-{split}.json").read_text(encoding="utf-8"))
-    return shards.StageDir(work_dir, stage, split, math.ceil(stamp["images"] / config.shard_size))
-
-
-def _split_records(work_dir: Path, split: str, config: BuildConfig):
-    """The labels and proposals records of one built split, and its errors (decode failures, images without
-    proposals, missing or malformed ReLabel maps)."""
-    label_rows = {r["image_id"]: r for r in _split_stage(work_dir, "label", split, config).read_all()}
-    select_errors = {}
-    if (work_dir / "select" / split).is_dir():
-        select_errors = {
-            r["image_id"]: r["error"]
-            for r in _split_stage(work_dir, "select", split, config).read_all()
-            if "error" in r
-        }
-    labels_out, proposals_out, errors = [], [], []
-    for r in _split_stage(work_dir, "discover", split, config).read_all():
-
-        def error(stage: str, reason: str, r=r) -> None:
-            errors.append(
-                {"split": split, "stage": stage, "image_id": r["image_id"], "path": r["path"], "reason": reason}
-            )
-
-        if "error" in r:
-            error("discover", r["error"])
-            continue
-        if not r["proposals"]:
-            error("discover", "no proposal")
-        if r["image_id"] in select_errors:
-            error("select", select_errors[r["image_id"]])
-        lab = label_rows[r["image_id"]]
-        soft_classes, soft_scores = aggregate.max_over_masks(lab["mask_classes"], lab["mask_scores"])
-        labels_out.append(
-            schema.ImageLabels(
-                image_id=r["image_id"],
-                path=r["path"],
-                label=r["label"],
-                width=r["width"],
-                height=r["height"],
-                soft_classes=tuple(int(c) for c in soft_classes),
-                soft_scores=tuple(float(s) for s in soft_scores),
-                global_classes=tuple(lab["global_classes"]),
-                global_scores=tuple(lab["global_scores"]),
-                num_proposals=len(r["proposals"]),
-            )
-        )
-        masks = tuple(
-            schema.Proposal(
-                size=tuple(p["size"]),
-                counts=p["counts"],
-                bbox=tuple(p["bbox"]),
-                area=p["area"],
-                source=p["source"],
-                classes=tuple(c),
-                scores=tuple(s),
-            )
-            for p, c, s in zip(r["proposals"], lab["mask_classes"], lab["mask_scores"], strict=True)
-        )
-        proposals_out.append(schema.ImageProposals(r["image_id"], r["width"], r["height"], masks))
-    return labels_out, proposals_out, errors
-
-
-def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Path:
-    """Write every split built in ``work_dir`` (discover + label complete) as the dataset folder ``output``,
-    with ``metadata/errors.jsonl`` listing every image left out or without proposals, and why."""
-    work_dir, output = Path(work_dir), Path(output)
-    splits = [s for s in SPLITS if (work_dir / f"build-{s}.json").is_file()]
-    if not splits:
-        raise FileNotFoundError(f"{work_dir}: no build found (run discover and label first)")
-    labels_by_split, proposals_by_split, errors = {}, {}, []
-    for split in splits:
-        labels_by_split[split], proposals_by_split[split], split_errors = _split_records(work_dir, split, config)
-        errors += split_errors
-    inputs = {f"images:{split}": writer.fingerprint([r.path for r in labels_by_split[split]]) for split in splits}
-    checkpoint = work_dir / CHECKPOINT
-    if checkpoint.is_file():
-        inputs["labeler_checkpoint"] = labeler.checkpoint_fingerprint(checkpoint)
-    if (work_dir / "select").is_dir():
-        inputs["relabel_selection"] = writer.fingerprint(
-            list(_split_stage(work_dir, "select", "train", config).read_all())
-        )
-    models = {c.name: c.backbone for c in config.maskcut_configs()} | {"labeler": config.labeler_config().backbone}
-    info = writer.BuildInfo(
-        version=config.version,
-        source="multilabel-imagenet build",
-        inputs=inputs,
-        parameters=asdict(config) | {"errors": len(errors)},
-        models=models,
-    )
-    writer.write_dataset(output, info, labels=labels_by_split, proposals=proposals_by_split)
-    if config.ambiguity_calibration == "real" and "validation" in labels_by_split:
-        rows = labels_by_split["validation"]
-        scores = np.zeros((len(rows), classes.NUM_CLASSES), dtype=np.float32)
-        for k, r in enumerate(rows):
-            scores[k, list(r.soft_classes)] = r.soft_scores
-        ambiguity = aggregate.calibrate_on_real([r.image_id for r in rows], scores, tau=schema.LABEL_THRESHOLD)
-        (output / AMBIGUITY_JSON).write_text(json.dumps(ambiguity.to_dict(), indent=1) + "\n", encoding="utf-8")
-    errors_path = output / "metadata" / "errors.jsonl"
-    errors_path.write_text("".join(shards.dumps(e) + "\n" for e in errors), encoding="utf-8")
-    return output
-
-
-DEMO_SCENES = "scenes"
-"""Folder of :func:`build_synthetic_demo`'s root holding its scenes, beside the dataset folder."""
-DEMO_SCENES_DONE = "classes.json"
-"""The file :func:`synthetic.write_mini_imagenet` writes last: its presence means the scenes are complete."""
-
-
-def build_synthetic_demo(
-    root: str | Path,
-    num_train: int = 64,
-    num_val: int = 32,
-    seed: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-) -> Path:
-    """The README's first command: synthetic scenes -> the whole build on CPU -> ``<root>/multilabel-imagenet``.
-
-    Writes the scenes to ``<root>/scenes`` (reused when complete), works in ``<root>/work`` (resumable), builds the
-    train split (select on the synthetic ReLabel maps, train the labeler) and the validation split (reusing the
-    labeler), and packages both."""
-    from multilabel_imagenet.builder import synthetic
-
-    root = Path(root)
-    scenes = root / DEMO_SCENES
-    if not (scenes / DEMO_SCENES_DONE).is_file():
-        with tqdm(total=num_train + num_val, desc="synthetic scenes", unit="img", disable=not progress) as bar:
-            synthetic.write_mini_imagenet(scenes, num_train, num_val, seed, progress=bar.update)
-    config = BuildConfig.preset("synthetic")
-    output, work = root / "multilabel-imagenet", root / "work"
-    train = BuildInputs(scenes / "train", "train", output, work, relabel_maps=scenes / "relabel_maps", device=device)
-    train_build = Build(train, config, progress=progress)
-    train_build.run(STAGES[:-1])
-    val = BuildInputs(
-        scenes / "val",
-        "validation",
-        output,
-        work,
-        labels=scenes / "val_labels.txt",
-        labeler_checkpoint=work / CHECKPOINT,
-        device=device,
-    )
-    val_build = Build(val, config, progress=progress)
-    val_build.run(("discover", "label"))
-    package(work, output, config)
-    if progress:
-        tqdm.write(train_build.summary() + "\n" + val_build.summary())
-    return output

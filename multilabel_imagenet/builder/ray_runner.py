@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from multilabel_imagenet.builder.pipeline import Build, BuildConfig, BuildInputs
+from multilabel_imagenet.builder.pipeline import Build
+from multilabel_imagenet.builder.settings import BuildConfig, BuildInputs
 
 
 class ShardWorker:
@@ -22,9 +23,8 @@ class ShardWorker:
         self.stage = stage
 
     def __call__(self, batch: dict) -> dict:
-        out = self.build.stage(self.stage)
         for index in batch["shard"]:
-            out.write(int(index), self.build.shard_rows(self.stage, int(index)))
+            self.build.write_shard(self.stage, int(index))
         return {"shard": batch["shard"]}
 
 

@@ -6,18 +6,23 @@ complete: a rerun skips it, and killing the process at any moment loses at most 
 SIGKILL may leave a hidden ``.shard-*.tmp`` file, which is never read). Lines
 are serialised with sorted keys and fixed float formatting, so the same results give the same bytes.
 An image that failed a stage has ``"error": "<reason>"`` in its line instead of results; it is never dropped.
+Beside each shard, ``shard-00042-of-00100.counts.json`` holds small counters of its rows (images, errors,
+proposals...), written before the shard itself, so summaries never re-read the shards' payloads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+RowCounter = Callable[[dict], Mapping[str, int]]
+"""What one row adds to its shard's counters (e.g. ``{"images": 1, "errors": 0}``)."""
 
 
 def parse_shard_spec(spec: str | None) -> tuple[int, int]:
@@ -72,22 +77,43 @@ class StageDir:
     def missing(self) -> list[int]:
         return [i for i in range(self.num_shards) if not self.is_complete(i)]
 
-    def write(self, index: int, rows: Iterable[dict]) -> Path:
-        """Write a shard's rows under a temporary name, fsync, then rename into place (atomic on POSIX)."""
+    def counts_path(self, index: int) -> Path:
+        return self.path(index).with_suffix(".counts.json")
+
+    def write(self, index: int, rows: Iterable[dict], count: RowCounter | None = None) -> Path:
+        """Write a shard's rows under a temporary name, fsync, then rename into place (atomic on POSIX); with
+        ``count``, its counters first (a complete shard always has them)."""
         final = self.path(index)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        totals: Counter = Counter()
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(dumps(row) + "\n")
+                    if count is not None:
+                        totals.update(count(row))
                 f.flush()
                 os.fsync(f.fileno())
+            if count is not None:
+                _write_atomic(self.counts_path(index), dumps(dict(totals)))
             tmp.replace(final)
         except BaseException:  # interrupted or bad row: leave no partial file (a SIGKILL may leave a .tmp)
             tmp.unlink(missing_ok=True)
             raise
         return final
+
+    def counts(self, index: int, count: RowCounter) -> dict[str, int]:
+        """The counters of a complete shard; computed from its rows (and stored) where a shard has none."""
+        path = self.counts_path(index)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            totals: Counter = Counter()
+            for row in self.read(index):
+                totals.update(count(row))
+            _write_atomic(path, dumps(dict(totals)))
+            return dict(totals)
 
     def read(self, index: int) -> list[dict]:
         path = self.path(index)
@@ -106,3 +132,9 @@ class StageDir:
             )
         for i in range(self.num_shards):
             yield from self.read(i)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

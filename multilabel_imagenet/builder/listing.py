@@ -1,0 +1,75 @@
+"""The images of a build, listed once and stored in the work directory as Parquet.
+
+Scanning ImageNet's train folder means 1.28M directory entries; a build does it once, in the process that first
+opens the work directory, and writes ``<work>/images-<split>.parquet``. Every later process (a rerun, a
+``--shard I/N`` worker, a Ray actor) reads that file instead. :class:`ImageList` keeps the listing as three
+Arrow columns and makes an :class:`~multilabel_imagenet.images.ImageRecord` only when one is asked for, so a
+process holds tens of MB for the listing instead of a million Python objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from multilabel_imagenet import images
+
+_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32())])
+
+
+class ImageList(Sequence):
+    """A read-only sequence of image records over Arrow columns; slicing gives another view, not a copy."""
+
+    def __init__(self, table: pa.Table, root: Path):
+        self._table, self.root = table, Path(root)
+        self._columns = [table.column(name).combine_chunks() for name in ("image_id", "path", "label")]
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("ImageList slices take consecutive records")
+            return ImageList(self._table.slice(start, max(0, stop - start)), self.root)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        image_id, path, label = (column[index].as_py() for column in self._columns)
+        return images.ImageRecord(image_id, path, label, self.root)
+
+
+def listing_path(work_dir: Path, split: str) -> Path:
+    return Path(work_dir) / f"images-{split}.parquet"
+
+
+def open_listing(work_dir: Path, split: str, root: Path, layout: str = "auto", labels: Path | None = None) -> ImageList:
+    root = Path(root)
+    """The stored listing of ``split``, or a scan of ``root`` written there first (atomically)."""
+    path = listing_path(work_dir, split)
+    if not path.is_file():
+        records = images.open_source(root, layout, labels)
+        table = pa.table(
+            {
+                "image_id": [r.image_id for r in records],
+                "path": [r.path for r in records],
+                "label": [r.label for r in records],
+            },
+            schema=_SCHEMA,
+        )
+        del records
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(path)
+    try:
+        table = pq.read_table(path, schema=_SCHEMA)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: unreadable image listing ({err}); delete it to list the images again") from None
+    return ImageList(table, root if root.is_dir() else root.parent)  # a list file's paths are relative to its folder
