@@ -323,3 +323,46 @@ def test_discover_records_on_cuda_with_pinned_batches(scenes, tmp_path):
     assert cpu.keys() == cuda.keys()
     pairs = [(a, b) for j in cpu if not isinstance(cpu[j], str) for a, b in zip(cpu[j], cuda[j], strict=True)]
     assert pairs and min(mask_iou(a.decode(), b.decode()) for a, b in pairs) > 0.9
+
+
+def test_listing_and_summary_come_from_the_work_dir(reference, scenes, config_file, monkeypatch):
+    """A second process on a work directory neither rescans the images nor re-reads shard payloads to count."""
+    work = reference.with_name(reference.name + "-work")
+    assert (work / "images-train.parquet").is_file()
+    found = shards.StageDir(work, "discover", "train", 3)
+    assert all(found.counts_path(i).is_file() for i in range(3))
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the image folder was scanned again")
+
+    def no_read(self, index):
+        raise AssertionError(f"shard {index} of {self.stage} was re-read")
+
+    monkeypatch.setattr(pipeline.listing.images, "open_source", no_scan)
+    monkeypatch.setattr(shards.StageDir, "read", no_read)
+    inputs = settings.BuildInputs(scenes / "train", "train", reference, work, relabel_maps=scenes / "relabel_maps")
+    build = pipeline.Build(inputs, settings.BuildConfig.load(config_file), progress=False)
+    assert [r.path for r in build.records] == sorted(r.path for r in build.records) and len(build.records) == 8
+    assert build.records[-1].full_path.is_file() and len(build.shards[2]) == 2
+    summary = build.summary()
+    totals = [json.loads(found.counts_path(i).read_text()) for i in range(3)]
+    assert f"discover: 8 images, {sum(t['proposals'] for t in totals)} proposals" in summary
+
+
+def test_package_records_an_image_that_failed_to_be_labelled(reference, config_file, tmp_path):
+    """An image decoded at discover but not at label is left out of both configs and recorded, not fatal."""
+    work = tmp_path / "work"
+    shutil.copytree(reference.with_name(reference.name + "-work"), work)
+    labelled = shards.StageDir(work, "label", "train", 3)
+    rows = labelled.read(0)
+    rows[1] = {"image_id": rows[1]["image_id"], "error": "decode: truncated file"}
+    labelled.write(0, rows)
+    out = package.package(work, tmp_path / "dataset", settings.BuildConfig.load(config_file))
+    errors = [json.loads(line) for line in (out / "metadata/errors.jsonl").open()]
+    failed = [e for e in errors if e["stage"] == "label"]
+    assert failed == [
+        {**failed[0], "split": "train", "image_id": rows[1]["image_id"], "reason": "decode: truncated file"}
+    ]
+    for config in ("labels", "proposals"):
+        ids = load_dataset(str(out), config, split="train")["image_id"]
+        assert len(ids) == 7 and rows[1]["image_id"] not in ids

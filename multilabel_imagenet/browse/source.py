@@ -11,7 +11,7 @@ import datasets
 import pyarrow as pa
 
 from multilabel_imagenet import images
-from multilabel_imagenet.builder.pipeline import DEMO_SCENES, DEMO_SCENES_DONE
+from multilabel_imagenet.builder.demo import DEMO_SCENES, DEMO_SCENES_DONE
 from multilabel_imagenet.dataset import loading, schema, writer
 
 
