@@ -2,26 +2,33 @@
 
 Index 0..999 is the position of the wnid in the lexicographically sorted list of the 1000 ILSVRC-2012 wnids,
 the order used by every ImageNet-1k model and benchmark. The metadata comes from the files timm installs
-(``timm/data/_info``), so nothing is downloaded.
+(``timm/data/_info``, read without importing timm), so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import functools
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 NUM_CLASSES = 1000
-_INFO_PACKAGE = "timm.data._info"
+
+
+def timm_info_file(filename: str) -> Path:
+    """A file of timm's ``timm/data/_info`` folder, found without importing timm (which takes seconds)."""
+    spec = importlib.util.find_spec("timm")
+    locations = [] if spec is None else list(spec.submodule_search_locations or [])
+    path = next((p for p in (Path(loc, "data", "_info", filename) for loc in locations) if p.is_file()), None)
+    if path is None:
+        raise RuntimeError(
+            f"ImageNet class metadata {filename!r} not found in the installed timm (timm/data/_info); "
+            "install or reinstall timm>=1.0.20"
+        )
+    return path
 
 
 def _read_info(filename: str) -> list[str]:
-    try:
-        text = resources.files(_INFO_PACKAGE).joinpath(filename).read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError) as err:
-        raise RuntimeError(
-            f"ImageNet class metadata {filename!r} not found in the installed timm ({_INFO_PACKAGE}); "
-            "reinstall timm>=1.0.20"
-        ) from err
+    text = timm_info_file(filename).read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
 
 

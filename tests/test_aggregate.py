@@ -81,7 +81,11 @@ def test_torch_batch_matches_numpy_and_keeps_dtype():
                 rng.uniform(0, 1, 3),
             )
         )
-    pad = aggregate._pad
+
+    def pad(rows, fill, dtype):
+        width = max(len(r) for r in rows)
+        return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype)
+
     batch = dict(
         soft_classes=pad([r[0] for r in rows], -1, torch.long),
         soft_scores=pad([r[1] for r in rows], 0.0, torch.float32),
@@ -142,10 +146,9 @@ def test_calibrate_ambiguity_follows_equation_6():
     # M_b = (2/3 * 30 - 0) / (1/3) = 60, capped to our 5 b-only images; their score on a is 0 -> tau_a = 0.
     assert counts["m_b"] == 5 and amb.tau_a[0] == 0.0
     assert amb.prior[0] == pytest.approx(20 / math.sqrt(30 * 25))
-    upgraded = amb.apply_pair_thresholds(torch.from_numpy(scores))
-    added = (upgraded[:30, b] == 0.9).sum().item()
-    assert added == 20, "the thresholds upgrade exactly M_a calibration images"
-    assert torch.equal(upgraded[35:], torch.from_numpy(scores[35:])), "other images untouched"
+    upgraded = amb.apply_pair_thresholds(scores)
+    assert (upgraded[:30, b] == 0.9).sum() == 20, "the thresholds upgrade exactly M_a calibration images"
+    np.testing.assert_array_equal(upgraded[35:], scores[35:], err_msg="other images untouched")
 
 
 def test_no_upgrade_needed_gives_infinite_threshold_and_serialises():

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from test_dataset_support import BUILD, synthetic_records
 from torch.utils.data import DataLoader
 
+from multilabel_imagenet import targets
 from multilabel_imagenet.builder import aggregate
 from multilabel_imagenet.dataset import loading, schema, writer
 
@@ -229,3 +230,116 @@ def test_streaming_training_dataset_matches_map_style(mini, train, tmp_path):
     for i in range(len(expected)):
         item = expected[i]
         assert torch.equal(got[item["image_id"]], item["target"])
+
+
+def _coco_fractions(masks, box):
+    """The pycocotools reference: each straddling mask's RLE intersected with the box's RLE."""
+    out = np.zeros(len(masks), dtype=np.float32)
+    for i, m in enumerate(masks):
+        height, width = m["size"]
+        crop = mask_utils.frPyObjects(np.array([box], dtype=np.float64), height, width)[0]
+        rle = {"size": [height, width], "counts": m["counts"].encode("ascii")}
+        out[i] = float(mask_utils.area(mask_utils.merge([rle, crop], intersect=True))) / float(m["area"])
+    return out
+
+
+def _blob_masks(rng, count, height=375, width=500):
+    """ImageNet-size masks: unions of ellipses with holes, as COCO RLE with labeler top-3 (float16 scores)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    masks = []
+    for _ in range(count):
+        pixels = np.zeros((height, width), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx, ry, rx = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 200), rng.uniform(5, 250)
+            pixels |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        pixels &= ~((((yy - rng.uniform(0, height)) / 12) ** 2 + ((xx - rng.uniform(0, width)) / 9) ** 2) <= 1)
+        pixels[int(rng.integers(height)), int(rng.integers(width))] = True
+        rle = mask_utils.encode(np.asfortranarray(pixels.astype(np.uint8)))
+        scores = rng.uniform(0, 1, 3).astype(np.float16)
+        masks.append(
+            {
+                "size": [height, width],
+                "counts": rle["counts"].decode(),
+                "bbox": mask_utils.toBbox(rle).tolist(),
+                "area": int(mask_utils.area(rle)),
+                "source": "dinov3_b16",
+                "classes": rng.choice(1000, 3, replace=False).tolist(),
+                "scores": [float(v) for v in scores],
+            }
+        )
+    return masks
+
+
+def _random_box(rng, width=500, height=375):
+    w, h = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+    return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+
+
+def test_crop_fractions_of_image_size_masks_equal_pixel_counts():
+    rng = np.random.default_rng(1)
+    masks = _blob_masks(rng, 40)
+    pixels = np.stack([mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}) for m in masks])
+    area = np.array([m["area"] for m in masks])
+    for _ in range(100):
+        x, y, w, h = box = _random_box(rng)
+        expected = (pixels[:, y : y + h, x : x + w].sum(axis=(1, 2)) / area).astype(np.float32)
+        np.testing.assert_array_equal(loading.crop_fractions(masks, box), expected)
+
+
+def _reference_soft(masks, fractions):
+    best = {}
+    for m, f in zip(masks, fractions, strict=True):
+        if f > 0:
+            for c, s in zip(m["classes"], m["scores"], strict=True):
+                best[c] = max(best.get(c, 0.0), float(f) * float(np.float16(s)))
+    order = sorted(best, key=lambda c: (-best[c], c))
+    return np.array(order, dtype=np.int16), np.array([best[c] for c in order], dtype=np.float32)
+
+
+@pytest.mark.parametrize("joined", ["same rows", "shuffled", "streamed"])
+def test_crop_aware_targets_equal_the_pycocotools_reference(joined, tmp_path):
+    rng = np.random.default_rng(2)
+    ids = [f"n01440764_{i}" for i in range(30)]
+    masks = {i: _blob_masks(rng, int(rng.integers(1, 5))) for i in ids}
+    proposals = datasets.Dataset.from_list(
+        [{"image_id": i, "width": 500, "height": 375, "masks": masks[i]} for i in ids],
+        features=schema.features("proposals"),
+    )
+    records = [schema.ImageLabels(i, f"n01440764/{i}.JPEG", 0, 500, 375, (1, 2), (0.9, 0.2), (3,), (0.7,)) for i in ids]
+    labels = datasets.Dataset.from_list([schema.labels_row(r) for r in records], features=schema.features("labels"))
+    if joined != "same rows":
+        labels = labels.shuffle(seed=0).flatten_indices().select(range(20, 0, -1))
+    pairs = aggregate.table8_pairs()
+    amb = targets.Ambiguity(pairs, [0.5] * len(pairs), [0.1] * len(pairs), [0.1] * len(pairs))
+    boxes = [_random_box(rng) for _ in labels]
+    for scheme in ("local_soft+original", "local_hard@0.3+pairs+pred"):
+        options = dict(proposals=proposals, ambiguity=amb, columns=("soft_scores",))
+        if joined == "streamed":
+            labels.to_parquet(tmp_path / "labels.parquet")
+            streamed = datasets.load_dataset("parquet", data_files=str(tmp_path / "labels.parquet"), streaming=True)
+            crop = _Boxes(dict(zip(labels["image_id"], boxes, strict=True)))
+            items = list(loading.StreamingTrainingDataset(streamed["train"], scheme, crop=crop, **options))
+        else:
+            crop = _Boxes(dict(zip(labels["image_id"], boxes, strict=True)))
+            data = loading.TrainingDataset(labels, scheme, crop=crop, **options)
+            items = [data[i] for i in range(len(data))]
+        assert [item["image_id"] for item in items] == labels["image_id"]
+        for item, box in zip(items, boxes, strict=True):
+            image_masks = masks[item["image_id"]]
+            soft = _reference_soft(image_masks, _coco_fractions(image_masks, box))
+            expected = targets.dense_target(scheme, *soft, 0, [3], [0.7], amb)
+            np.testing.assert_array_equal(item["target"].numpy(), expected)
+            assert item["box"].tolist() == list(box) and item["soft_scores"].tolist() == pytest.approx([0.9, 0.2])
+        if scheme.startswith("local_soft"):
+            assert sum(bool(((item["target"] > 0) & (item["target"] < 0.5)).any()) for item in items) > 5
+
+
+class _Boxes(loading.RandomResizedCropWithBox):
+    """Hands out given boxes in the order the items are built (image ids are not known to a crop)."""
+
+    def __init__(self, boxes):
+        super().__init__(32)
+        self.queue = list(boxes.values())
+
+    def sample_box(self, width, height):
+        return self.queue.pop(0)
