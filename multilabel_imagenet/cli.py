@@ -636,18 +636,23 @@ def import_tsv_command(file: Path, output: Path, version: str, train_root: Path 
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
 @click.option("--version", "version", default="1.0.0", show_default=True, help="Semantic version of the release.")
 @click.option("--source", help="Name of the MaskCut configuration stored with each mask [default: file stem].")
-def import_cutler_command(file: Path, output: Path, version: str, source: str | None) -> None:
+@click.option(
+    "--index",
+    "index_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Indexed Parquet copy of FILE, built once and re-used while FILE is unchanged [default: FILE.index.parquet].",
+)
+def import_cutler_command(file: Path, output: Path, version: str, source: str | None, index_path: Path | None) -> None:
     """CutLER's COCO JSON of MaskCut proposals -> the `proposals` config (train split) of OUTPUT."""
-    from multilabel_imagenet.dataset import importers
+    from multilabel_imagenet.dataset import cutler_index
 
     try:
-        result = importers.import_cutler(file, output, version, source)
+        index = cutler_index.import_cutler(file, output, version, source, index_path)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    masks = sum(k * n for k, n in result.masks_per_image.items())
-    click.echo(f"wrote {len(result.records)} images, {masks} masks to {output}/data/proposals")
-    if result.swapped_sizes:
-        click.echo(f"  {result.swapped_sizes} images had width/height swapped in the file; used the masks' size")
+    click.echo(f"wrote {index.num_images} images, {index.num_masks} masks to {output}/data/proposals")
+    if index.swapped_sizes:
+        click.echo(f"  {index.swapped_sizes} images had width/height swapped in the file; used the masks' size")
 
 
 @main.command("publish")

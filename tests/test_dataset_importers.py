@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+from collections import Counter
+from dataclasses import replace
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from pycocotools import mask as mask_utils
@@ -13,7 +18,8 @@ from test_dataset_support import synthetic_records
 
 from multilabel_imagenet import classes
 from multilabel_imagenet.cli import main
-from multilabel_imagenet.dataset import card, importers
+from multilabel_imagenet.dataset import card, cutler_index, importers, schema
+from multilabel_imagenet.dataset.writer import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,138 @@ def test_tsv_errors_name_the_line(tmp_path, line, message):
         list(importers.read_tsv(path))
 
 
+def test_tsv_repeated_image_names_its_second_line(tmp_path):
+    wnid = classes.wnid_of(5)
+    path = tmp_path / "repeat.tsv"
+    path.write_text("".join(f"{wnid}/{wnid}_{k}.JPEG\t5\t5\t1.0\n" for k in (1, 2, 3, 2, 1)))
+    with pytest.raises(importers.ImportFormatError, match=rf"repeat.tsv:4: image {wnid}_2 appears twice"):
+        list(importers.read_tsv(path))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Partitions of 2 images, batches of 3 and spills of 4 masks, row groups of 1 image: every path is taken."""
+    for name, value in [
+        ("_PART_IMAGES", 2),
+        ("_ANN_BATCH", 3),
+        ("_SPILL_MASKS", 4),
+        ("_ROW_GROUP", 1),
+        ("_LOOKUP_GROUP", 2),
+        ("_RUN_GROUP", 1),
+    ]:
+        monkeypatch.setattr(cutler_index, name, value)
+
+
+def _shuffled(data: dict, ids=None, seed: int = 0) -> dict:
+    """``data`` with its annotations interleaved at random across images (each image's own order kept) and, with
+    ``ids``, its image ids replaced."""
+    rng = random.Random(seed)
+    by_image: dict = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    slots = [key for key, anns in by_image.items() for _ in anns]
+    rng.shuffle(slots)
+    annotations = [by_image[key].pop(0) for key in slots]
+    new_id = dict(zip([image["id"] for image in data["images"]], ids, strict=True)) if ids else {}
+    images = [image | {"id": new_id.get(image["id"], image["id"])} for image in data["images"]]
+    annotations = [ann | {"image_id": new_id.get(ann["image_id"], ann["image_id"])} for ann in annotations]
+    return data | {"images": images, "annotations": annotations}
+
+
+def _expected(proposals, source: str) -> list:
+    """What the old in-memory reader gave for ``_cutler_json(proposals)``: the records, masks of ``source``."""
+    records = [
+        replace(r, masks=tuple(replace(m, classes=(), scores=(), source=source) for m in r.masks)) for r in proposals
+    ]
+    return [*records, schema.ImageProposals("n01440764_77", 200, 300, ())]
+
+
+@pytest.mark.parametrize("ids", [None, [90, 7, 55, 3, 1000, 12, 8, 41, 999]], ids=["counting", "scattered"])
+def test_cutler_index_of_shuffled_annotations(mini, tmp_path, small_blocks, ids):
+    proposals = mini[2]
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(_shuffled(_cutler_json(proposals), ids)))
+    index = cutler_index.index_cutler(path, tmp_path / "index.parquet", "dino_b8")
+    records = list(index.records())
+    for got, want in zip(records, _expected(proposals, "dino_b8"), strict=True):
+        assert (got.image_id, got.width, got.height) == (want.image_id, want.width, want.height)
+        assert [(m.size, m.counts, m.area, m.source) for m in got.masks] == [
+            (m.size, m.counts, m.area, m.source) for m in want.masks
+        ]
+        np.testing.assert_allclose([m.bbox for m in got.masks], [m.bbox for m in want.masks], atol=1e-6)
+    assert index.num_images == len(records) == len(proposals) + 1
+    assert index.num_masks == sum(len(r.masks) for r in proposals)
+    assert index.masks_per_image == Counter(len(r.masks) for r in records)
+    assert index.swapped_sizes == len(proposals) and index.json_sha256 == file_sha256(path)
+    unshuffled = tmp_path / "plain.json"
+    unshuffled.write_text(json.dumps(_cutler_json(proposals)))
+    assert list(cutler_index.index_cutler(unshuffled, source="dino_b8").records()) == records
+    assert cutler_index.default_index_path(unshuffled).is_file()
+
+
+def test_rows_for_reads_only_the_row_groups_it_needs(mini, tmp_path, small_blocks, monkeypatch):
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(_shuffled(_cutler_json(mini[2]))))
+    index = cutler_index.index_cutler(path, tmp_path / "index.parquet")
+    by_id = {r.image_id: r for r in index.records()}
+    read = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, **kw: read.append(i) or original(self, i, **kw)
+    )
+    wanted = [mini[2][5].image_id, mini[2][1].image_id, "n01440764_77"]
+    found = index.rows_for([*wanted, "n99999999_1", wanted[0]])
+    assert found == {image_id: by_id[image_id] for image_id in wanted}
+    image_groups = [g for g in read if g < index.image_row_groups]
+    assert sorted(image_groups) == [1, 5, 8]  # one image a row group here
+    assert len(read) - len(image_groups) <= 3  # lookup row groups of 2 ids: at most one each
+    assert index.rows_for([]) == {}
+
+
+def test_cutler_swap_repair(mini, tmp_path):
+    proposals = mini[2][:3]
+    data = _cutler_json(proposals)
+    square = {"id": 50, "file_name": "n01440764/n01440764_50.JPEG", "width": 40, "height": 40}
+    square_mask = mask_utils.encode(np.asfortranarray(np.ones((40, 40), np.uint8)))
+    data["images"].append(square)
+    data["annotations"].append(
+        {"id": 500, "image_id": 50, "segmentation": {"size": [40, 40], "counts": square_mask["counts"].decode()}}
+    )
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(data))
+    records = {r.image_id: r for r in cutler_index.index_cutler(path).records()}
+    # every oblong image with masks is swapped; a square one says nothing: the image without masks is swapped too
+    assert (records["n01440764_77"].width, records["n01440764_77"].height) == (200, 300)
+    assert all((records[r.image_id].width, records[r.image_id].height) == (r.width, r.height) for r in proposals)
+    assert (records["n01440764_50"].width, records["n01440764_50"].height) == (40, 40)
+
+    mixed = _cutler_json(proposals)
+    first = mixed["images"][0]
+    first["width"], first["height"] = first["height"], first["width"]  # written the right way round
+    path.write_text(json.dumps(mixed))
+    index = cutler_index.index_cutler(path)
+    records = {r.image_id: r for r in index.records()}
+    assert index.swapped_sizes == len(proposals) - 1
+    assert all((records[r.image_id].width, records[r.image_id].height) == (r.width, r.height) for r in proposals)
+    assert (records["n01440764_77"].width, records["n01440764_77"].height) == (300, 200)  # left as written
+
+
+def test_cutler_index_is_reused_while_the_json_is_unchanged(mini, tmp_path, monkeypatch):
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(_cutler_json(mini[2][:2])))
+    cutler_index.index_cutler(path)
+    built = []
+    real_build = cutler_index._build
+    monkeypatch.setattr(cutler_index, "_build", lambda *a: built.append(a) or real_build(*a))
+    assert cutler_index.index_cutler(path, source="other").source == "other" and not built
+    os.utime(path, ns=(1, 1))  # same bytes, other mtime: the sha256 decides
+    cutler_index.index_cutler(path)
+    assert not built
+    path.write_text(json.dumps(_cutler_json(mini[2][:3])))
+    assert cutler_index.index_cutler(path).num_images == 4 and len(built) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no spool left behind
+
+
 def test_cutler_size_disagreement_and_polygons(mini, tmp_path):
     data = _cutler_json(mini[2][:2], swap=False, extra_image=False)
     data["annotations"].append(
@@ -133,16 +271,59 @@ def test_cutler_size_disagreement_and_polygons(mini, tmp_path):
     )
     path = tmp_path / "cutler.json"
     path.write_text(json.dumps(data))
-    result = importers.read_cutler(path, "dino_b8")
-    assert result.swapped_sizes == 0
-    polygon = result.records[0].masks[-1]
+    index = cutler_index.index_cutler(path, source="dino_b8")
+    assert index.swapped_sizes == 0
+    polygon = next(index.records()).masks[-1]
     assert polygon.size == (mini[2][0].height, mini[2][0].width) and polygon.bbox == (10.0, 10.0, 50.0, 30.0)
     data["annotations"][0]["segmentation"]["size"] = [7, 9]
     path.write_text(json.dumps(data))
     with pytest.raises(importers.ImportFormatError, match=r"annotations\[0\] \(id 1\): mask size \[h, w\] = \[7, 9\]"):
-        importers.read_cutler(path)
+        cutler_index.index_cutler(path)
     path.write_text('{"images": [')
     with pytest.raises(importers.ImportFormatError, match="cutler.json: not valid JSON"):
-        importers.read_cutler(path)
+        cutler_index.index_cutler(path)
     result = CliRunner().invoke(main, ["import", "cutler", str(path), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and "not valid JSON" in result.output
+
+
+def _edit(data: dict, change) -> dict:
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["annotations"][3].update(image_id=12345), r"annotations\[3\] \(id 4\): image_id 12345 is not in"),
+        (lambda d: d["images"].append(dict(d["images"][2], id=77)), r": image (n\d+_\d+) appears twice in `images`"),
+        (lambda d: d["images"].append(dict(d["images"][2])), r"images\[4\]: id 3 appears twice"),
+        (lambda d: d["images"][1].pop("width"), r"images\[1\] lacks an id, file_name, width or height"),
+        (lambda d: d["images"][1].update(id="a"), r"images\[1\]: id 'a' is not an integer"),
+        (lambda d: d.pop("images"), r"not a COCO file \(no `images` list\)"),
+        (
+            lambda d: d["annotations"][0]["segmentation"].update(counts=None),
+            r"annotations\[0\] \(id 1\): segmentation is neither",
+        ),
+    ],
+)
+def test_cutler_errors_name_the_entry(mini, tmp_path, small_blocks, change, message):
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(_edit(_cutler_json(mini[2][:4], extra_image=False), change)))
+    with pytest.raises(importers.ImportFormatError, match=message):
+        cutler_index.index_cutler(path)
+    assert not cutler_index.default_index_path(path).exists()
+
+
+def test_cutler_mask_of_the_other_orientation_names_the_image(mini, tmp_path, small_blocks):
+    record = next(r for r in mini[2] if r.masks and r.width != r.height)
+    data = _cutler_json([record], swap=False, extra_image=False)
+    empty = mask_utils.encode(np.asfortranarray(np.zeros((record.width, record.height), np.uint8)))
+    turned = {"size": [record.width, record.height], "counts": empty["counts"].decode()}
+    data["annotations"].append({"id": 99, "image_id": 1, "segmentation": turned})
+    path = tmp_path / "cutler.json"
+    path.write_text(json.dumps(data))
+    size = rf"\[h, w\] = \[{record.width}, {record.height}\] but the image is {record.height}x{record.width}"
+    with pytest.raises(
+        importers.ImportFormatError, match=rf"image {record.image_id}: mask {len(record.masks)} has size {size}"
+    ):
+        cutler_index.index_cutler(path)
