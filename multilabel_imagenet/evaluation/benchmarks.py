@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +251,7 @@ def load_imagenet_val(path: str | Path) -> Benchmark:
 def load_real(path: str | Path | None = None, val_labels: np.ndarray | None = None) -> Benchmark:
     """ReaL: ``real.json`` (list of 50,000 label lists; empty = not scored); timm's bundled copy by default."""
     if path is None:
-        path = Path(str(resources.files("timm.data._info").joinpath("imagenet_real_labels.json")))
+        path = classes.timm_info_file("imagenet_real_labels.json")
     path = Path(path)
     data = _read_json(path)
     _expect(
