@@ -259,6 +259,9 @@ def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
         assert {m["source"] for m in row["masks"]} == {cutler.stem}
     errors = (out / "metadata" / "errors.jsonl").read_text()
     assert truth[-1]["image_id"] in errors and cutler.name in errors
+    # converted once into the work directory; shards read their rows from there
+    assert (tmp_path / "dataset-work" / pipeline.IMPORTED_INDEX).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "dataset-work", cutler.name]
 
 
 @pytest.mark.parametrize("backend", ["torch", "pydensecrf"])

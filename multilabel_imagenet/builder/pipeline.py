@@ -37,7 +37,10 @@ from multilabel_imagenet.builder.settings import (
     BuildInputs,
     resolve_device,
 )
-from multilabel_imagenet.dataset import importers, schema, writer
+from multilabel_imagenet.dataset import cutler_index, importers, schema, writer
+
+IMPORTED_INDEX = "proposals-from.index.parquet"
+"""The work directory's indexed copy of a ``--proposals-from`` COCO JSON."""
 
 
 class Build:
@@ -53,7 +56,7 @@ class Build:
         self.device = resolve_device(inputs.device)
         self._extractors: dict = {}
         self._head: tuple | None = None
-        self._imported: dict | None = None
+        self._imported: cutler_index.CutlerIndex | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
         self.stage_seconds: dict[str, float] = {}
@@ -148,14 +151,20 @@ class Build:
         """The labeler's top-k classes for every proposal, and its whole-image prediction."""
         self.run_sharded("label")
 
+    def imported_proposals(self) -> cutler_index.CutlerIndex:
+        """The ``--proposals-from`` file as an indexed Parquet file of the work directory, converted once (streamed,
+        bounded memory) by the first process that needs it; every shard then reads only its own images' rows."""
+        if self._imported is None:
+            index = self.inputs.work_dir / IMPORTED_INDEX
+            self._imported = cutler_index.index_cutler(self.inputs.proposals_from, index)
+        return self._imported
+
     def _imported_shard(self, i: int, tick: Callable[[int], object]) -> list[dict]:
         """Discover rows from an imported proposals file (CutLER's COCO JSON) instead of MaskCut."""
-        if self._imported is None:
-            imported = importers.read_cutler(self.inputs.proposals_from)
-            self._imported = {r.image_id: r for r in imported.records}
+        imported = self.imported_proposals().rows_for(record.image_id for record in self.shards[i])
         rows = []
         for record in self.shards[i]:
-            found = self._imported.get(record.image_id)
+            found = imported.get(record.image_id)
             if found is None:
                 rows.append(_base_row(record) | {"error": f"not in {self.inputs.proposals_from.name}"})
                 continue
@@ -344,6 +353,8 @@ class Build:
             ):
                 continue
             start = time.perf_counter()
+            if name == "discover" and self.inputs.proposals_from is not None:
+                self.imported_proposals()  # here, before any shard worker or actor would convert it too
             if name in SHARDED_STAGES and sharded is not None:
                 self.check_ready(name)
                 sharded(name)
