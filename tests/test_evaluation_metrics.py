@@ -52,11 +52,25 @@ def test_macro_ap_equals_sklearn_over_classes_with_positives(integer_scores):
         scores = np.round(scores * 2)  # ties
     targets[:, :7] = False  # classes without positives must be excluded, not counted as 0
     with_pos = targets.any(axis=0)
-    expected = [average_precision_score(targets[:, j], scores[:, j]) for j in np.flatnonzero(with_pos)]
+    keep = targets.any(axis=1)  # images without labels are excluded, not negatives of every class
+    expected = [average_precision_score(targets[keep, j], scores[keep, j]) for j in np.flatnonzero(with_pos)]
     per_class = metrics.per_class_average_precision(scores, targets)
     assert np.isnan(per_class[~with_pos]).all()
     np.testing.assert_allclose(per_class[with_pos], expected, atol=1e-12)
     assert metrics.macro_average_precision(scores, targets) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_macro_ap_is_unchanged_by_appending_images_without_labels():
+    scores, targets = _random_case(9, n=200, c=20, max_labels=3, empty=0.0)
+    before = metrics.macro_average_precision(scores, targets)
+    rng = np.random.default_rng(10)
+    extra = rng.normal(size=(50, 20)) + 3.0  # high-scored unlabelled images would lower AP if counted as negatives
+    padded_scores = np.concatenate([scores, extra])
+    padded_targets = np.concatenate([targets, np.zeros((50, 20), dtype=bool)])
+    assert metrics.macro_average_precision(padded_scores, padded_targets) == pytest.approx(before, abs=1e-15)
+    assert metrics.mean_per_sample_average_precision(padded_scores, padded_targets) == pytest.approx(
+        metrics.mean_per_sample_average_precision(scores, targets), abs=1e-15
+    )
 
 
 def test_top_k_indices_and_single_label_accuracy_match_sklearn():

@@ -172,13 +172,15 @@ def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple
 
 
 def per_class_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Non-interpolated AP of each class over images ([C], NaN for classes without a positive).
+    """Non-interpolated AP of each class over the images with a non-empty label set ([C], NaN for classes without
+    a positive); images without labels (ReaL's 3,163, say) are unannotated, not negatives of every class.
 
     AP_c = mean over positives j of |{positives: s >= s_j}| / |{images: s >= s_j}|: precision at each positive's
     score threshold, tied scores entering together; equals ``sklearn.metrics.average_precision_score``.
     """
+    keep = _nonempty(targets)
     out = np.full(scores.shape[1], np.nan)
-    for c, (_, positives_above, images_above) in _positive_counts(scores, targets).items():
+    for c, (_, positives_above, images_above) in _positive_counts(scores[keep], targets[keep]).items():
         out[c] = np.mean(positives_above / images_above)
     return out
 
