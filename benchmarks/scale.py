@@ -225,23 +225,23 @@ def _load(folder: str, cache: str, crop: bool) -> tuple:
 
 def _dataset(folder: str, labels, proposals, scheme: str) -> tuple:
     """The ``TrainingDataset`` of ``scheme`` (crop-aware with ``proposals``); seconds taken."""
-    from multilabel_imagenet.dataset import loading
+    from multilabel_imagenet.dataset import crops, training
 
     ambiguity = _ambiguity(Path(folder)) if "+prior" in scheme or "+pairs" in scheme else None
     start = time.perf_counter()
-    crop = {"proposals": proposals, "crop": loading.RandomResizedCropWithBox(224)} if proposals is not None else {}
-    ds = loading.TrainingDataset(labels, scheme, ambiguity=ambiguity, **crop)
+    crop = {"proposals": proposals, "crop": crops.RandomResizedCropWithBox(224)} if proposals is not None else {}
+    ds = training.TrainingDataset(labels, scheme, ambiguity=ambiguity, **crop)
     return ds, round(time.perf_counter() - start, 3)
 
 
 def _loader(ds, items: int, batch: int, workers: int):
-    """A user's DataLoader over ``items`` random rows of ``ds``, batched by :func:`loading.collate`."""
+    """A user's DataLoader over ``items`` random rows of ``ds``, batched by :func:`training.collate`."""
     import torch
 
-    from multilabel_imagenet.dataset import loading
+    from multilabel_imagenet.dataset import training
 
     picked = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:items].tolist()
-    return torch.utils.data.DataLoader(ds, batch, sampler=picked, num_workers=workers, collate_fn=loading.collate)
+    return torch.utils.data.DataLoader(ds, batch, sampler=picked, num_workers=workers, collate_fn=training.collate)
 
 
 def child_open(folder: str, cache: str, crop: bool) -> dict:

@@ -640,7 +640,8 @@ def import_tsv_command(file: Path, output: Path, version: str, train_root: Path 
     "--index",
     "index_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Indexed Parquet copy of FILE, built once and re-used while FILE is unchanged [default: FILE.index.parquet].",
+    help="Keep the indexed Parquet copy of FILE here, re-used while FILE is unchanged [default: a temporary one "
+    "beside OUTPUT, removed after the import].",
 )
 def import_cutler_command(file: Path, output: Path, version: str, source: str | None, index_path: Path | None) -> None:
     """CutLER's COCO JSON of MaskCut proposals -> the `proposals` config (train split) of OUTPUT."""

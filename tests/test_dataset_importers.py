@@ -18,7 +18,7 @@ from test_dataset_support import synthetic_records
 
 from multilabel_imagenet import classes
 from multilabel_imagenet.cli import main
-from multilabel_imagenet.dataset import card, cutler_index, importers, schema
+from multilabel_imagenet.dataset import card, cutler_convert, cutler_index, importers, schema
 from multilabel_imagenet.dataset.writer import file_sha256
 
 
@@ -151,7 +151,7 @@ def small_blocks(monkeypatch):
         ("_LOOKUP_GROUP", 2),
         ("_RUN_GROUP", 1),
     ]:
-        monkeypatch.setattr(cutler_index, name, value)
+        monkeypatch.setattr(cutler_convert, name, value)
 
 
 def _shuffled(data: dict, ids=None, seed: int = 0) -> dict:
@@ -253,8 +253,8 @@ def test_cutler_index_is_reused_while_the_json_is_unchanged(mini, tmp_path, monk
     path.write_text(json.dumps(_cutler_json(mini[2][:2])))
     cutler_index.index_cutler(path)
     built = []
-    real_build = cutler_index._build
-    monkeypatch.setattr(cutler_index, "_build", lambda *a: built.append(a) or real_build(*a))
+    real_build = cutler_convert.build
+    monkeypatch.setattr(cutler_convert, "build", lambda *a: built.append(a) or real_build(*a))
     assert cutler_index.index_cutler(path, source="other").source == "other" and not built
     os.utime(path, ns=(1, 1))  # same bytes, other mtime: the sha256 decides
     cutler_index.index_cutler(path)
@@ -262,6 +262,24 @@ def test_cutler_index_is_reused_while_the_json_is_unchanged(mini, tmp_path, monk
     path.write_text(json.dumps(_cutler_json(mini[2][:3])))
     assert cutler_index.index_cutler(path).num_images == 4 and len(built) == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no spool left behind
+
+
+def test_import_cutler_keeps_its_index_only_with_index(mini, tmp_path):
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    path = inputs / "cutler.json"
+    path.write_text(json.dumps(_cutler_json(mini[2][:3])))
+    out = outputs / "multilabel-imagenet"
+    result = CliRunner().invoke(main, ["import", "cutler", str(path), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert list(inputs.iterdir()) == [path]  # nothing beside the JSON, whose folder may be read-only
+    assert list(outputs.iterdir()) == [out]  # the temporary index is gone
+    assert set(card.read_configs(out)) == {"proposals"}
+    kept = tmp_path / "kept" / "cutler.index.parquet"
+    result = CliRunner().invoke(main, ["import", "cutler", str(path), "--output", str(out), "--index", str(kept)])
+    assert result.exit_code == 0, result.output
+    assert cutler_index.CutlerIndex.open(kept, "cutler").num_images == 4
+    assert list(inputs.iterdir()) == [path] and list(outputs.iterdir()) == [out]
 
 
 def test_cutler_size_disagreement_and_polygons(mini, tmp_path):

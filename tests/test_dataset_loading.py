@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from multilabel_imagenet import targets
 from multilabel_imagenet.builder import aggregate
-from multilabel_imagenet.dataset import loading, schema, writer
+from multilabel_imagenet.dataset import crops, loading, schema, training, writer
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_damaged_folders_are_named(mini, tmp_path):
 @pytest.mark.parametrize("scheme", [*aggregate.SCHEMES, "local_hard@0.8+pred"])
 def test_scheme_targets_match_aggregate(train, scheme):
     labels, _ = train
-    data = loading.TrainingDataset(labels, scheme)
+    data = training.TrainingDataset(labels, scheme)
     rows = labels.remove_columns("image")
     for i in range(len(data)):
         item, row = data[i], rows[i]
@@ -101,23 +101,23 @@ def test_scheme_targets_match_aggregate(train, scheme):
 
 def test_unknown_scheme_is_named(train):
     with pytest.raises(ValueError, match="unknown scheme 'soft_local'"):
-        loading.TrainingDataset(train[0], "soft_local")
+        training.TrainingDataset(train[0], "soft_local")
 
 
 def test_dataloader_batches_keep_dtypes(train):
     import torchvision.transforms.v2 as T
 
     transform = T.Compose([T.ToImage(), T.ToDtype(torch.float16, scale=True)])
-    data = loading.TrainingDataset(
+    data = training.TrainingDataset(
         train[0],
         "local_soft+original",
         transform,
         proposals=train[1],
-        crop=loading.RandomResizedCropWithBox(64),
+        crop=crops.RandomResizedCropWithBox(64),
         target_dtype=torch.float16,
         columns=("soft_classes", "soft_scores", "width"),
     )
-    batch = next(iter(DataLoader(data, batch_size=4, collate_fn=loading.collate)))
+    batch = next(iter(DataLoader(data, batch_size=4, collate_fn=training.collate)))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float16
     assert batch["target"].shape == (4, 1000) and batch["target"].dtype == torch.float16
     assert batch["label"].dtype == torch.int64 and len(batch["image_id"]) == 4
@@ -125,11 +125,11 @@ def test_dataloader_batches_keep_dtypes(train):
     assert batch["soft_classes"].dtype == torch.int16 and batch["soft_scores"].dtype == torch.float32
     assert batch["soft_classes"].shape[0] == 4 and batch["width"].dtype == torch.int64
     with pytest.raises(ValueError, match=r"columns \['masks'\] are not in the split"):
-        loading.TrainingDataset(train[0], columns=("masks",))
+        training.TrainingDataset(train[0], columns=("masks",))
 
 
 def test_collate_pads_and_keeps_float16():
-    batch = loading.collate(
+    batch = training.collate(
         [
             {"scores": np.array([0.5, 0.25], dtype=np.float16), "classes": np.array([3, 7], dtype=np.int16), "k": 1},
             {"scores": np.array([0.75], dtype=np.float16), "classes": np.array([9], dtype=np.int16), "k": 2},
@@ -148,13 +148,13 @@ def test_crop_fractions_equal_pixel_counts(mini):
         for _ in range(5):
             w, h = int(rng.integers(1, record.width)), int(rng.integers(1, record.height))
             x, y = int(rng.integers(0, record.width - w + 1)), int(rng.integers(0, record.height - h + 1))
-            got = loading.crop_fractions(masks, (x, y, w, h))
+            got = crops.crop_fractions(masks, (x, y, w, h))
             for m, f in zip(masks, got, strict=True):
                 pixels = mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()})
                 assert f == pytest.approx(pixels[y : y + h, x : x + w].sum() / pixels.sum(), abs=1e-6)
 
 
-class _FixedBox(loading.RandomResizedCropWithBox):
+class _FixedBox(crops.RandomResizedCropWithBox):
     def __init__(self, box):
         super().__init__(32)
         self.box = box
@@ -167,15 +167,15 @@ def test_crop_aware_target(train, mini):
     labels, proposals = train
     record = next(r for r in mini[3]["train"] if len(r.masks) >= 2)
     index = labels["image_id"].index(record.image_id)
-    whole = loading.TrainingDataset(
+    whole = training.TrainingDataset(
         labels, "local_soft", proposals=proposals, crop=_FixedBox((0, 0, record.width, record.height))
     )
-    plain = loading.TrainingDataset(labels, "local_soft")
+    plain = training.TrainingDataset(labels, "local_soft")
     # A crop holding the whole image gives the stored Local-Soft target (scores stored in float16 per mask).
     np.testing.assert_allclose(whole[index]["target"].numpy(), plain[index]["target"].numpy(), atol=1e-3)
     mask = record.masks[0]
     x, y, w, h = (int(v) for v in mask.bbox)
-    left = loading.TrainingDataset(labels, "local_soft", proposals=proposals, crop=_FixedBox((x, y, w // 2, h)))
+    left = training.TrainingDataset(labels, "local_soft", proposals=proposals, crop=_FixedBox((x, y, w // 2, h)))
     target = left[index]["target"].numpy()
     pixels = mask_utils.decode({"size": list(mask.size), "counts": mask.counts.encode()})
     fractions = [
@@ -196,13 +196,13 @@ def test_mask_size_disagreeing_with_image(train, mini):
     record = mini[3]["train"][0]
     bad = replace(record, masks=(replace(record.masks[0], size=(record.width, record.height)),))
     broken = datasets.Dataset.from_list([schema.proposals_row(bad)], features=schema.features("proposals"))
-    data = loading.TrainingDataset(labels, "local_soft", proposals=broken, crop=_FixedBox((0, 0, 8, 8)))
-    with pytest.raises(loading.MaskSizeError, match=rf"image '{record.image_id}': mask 0 .* has RLE size"):
+    data = training.TrainingDataset(labels, "local_soft", proposals=broken, crop=_FixedBox((0, 0, 8, 8)))
+    with pytest.raises(training.MaskSizeError, match=rf"image '{record.image_id}': mask 0 .* has RLE size"):
         data[labels["image_id"].index(record.image_id)]
 
 
 def test_random_resized_crop_box_stays_inside():
-    crop = loading.RandomResizedCropWithBox(48, scale=(0.2, 1.0))
+    crop = crops.RandomResizedCropWithBox(48, scale=(0.2, 1.0))
     torch.manual_seed(0)
     from PIL import Image
 
@@ -218,14 +218,14 @@ def test_streaming_training_dataset_matches_map_style(mini, train, tmp_path):
     policy = writer.ShardPolicy(min_rows_per_shard=4)
     folder = writer.write_dataset(tmp_path / "sharded", BUILD, labels={"train": mini[2]["train"]}, policy=policy)
     streamed = loading.load(folder, "labels", "train", imagenet_root=mini[0], streaming=True)
-    data = loading.StreamingTrainingDataset(streamed, "local_hard@0.5+pred", columns=("soft_scores",))
-    loader = DataLoader(data, batch_size=3, num_workers=2, collate_fn=loading.collate)
+    data = training.StreamingTrainingDataset(streamed, "local_hard@0.5+pred", columns=("soft_scores",))
+    loader = DataLoader(data, batch_size=3, num_workers=2, collate_fn=training.collate)
     got, count = {}, 0
     for batch in loader:
         assert batch["soft_scores"].dtype == torch.float32
         got.update(zip(batch["image_id"], batch["target"], strict=True))
         count += len(batch["image_id"])
-    expected = loading.TrainingDataset(train[0], "local_hard@0.5+pred")
+    expected = training.TrainingDataset(train[0], "local_hard@0.5+pred")
     assert count == len(got) == len(expected)  # each worker read its own shard, none twice
     for i in range(len(expected)):
         item = expected[i]
@@ -283,7 +283,7 @@ def test_crop_fractions_of_image_size_masks_equal_pixel_counts():
     for _ in range(100):
         x, y, w, h = box = _random_box(rng)
         expected = (pixels[:, y : y + h, x : x + w].sum(axis=(1, 2)) / area).astype(np.float32)
-        np.testing.assert_array_equal(loading.crop_fractions(masks, box), expected)
+        np.testing.assert_array_equal(crops.crop_fractions(masks, box), expected)
 
 
 def _reference_soft(masks, fractions):
@@ -318,10 +318,10 @@ def test_crop_aware_targets_equal_the_pycocotools_reference(joined, tmp_path):
             labels.to_parquet(tmp_path / "labels.parquet")
             streamed = datasets.load_dataset("parquet", data_files=str(tmp_path / "labels.parquet"), streaming=True)
             crop = _Boxes(dict(zip(labels["image_id"], boxes, strict=True)))
-            items = list(loading.StreamingTrainingDataset(streamed["train"], scheme, crop=crop, **options))
+            items = list(training.StreamingTrainingDataset(streamed["train"], scheme, crop=crop, **options))
         else:
             crop = _Boxes(dict(zip(labels["image_id"], boxes, strict=True)))
-            data = loading.TrainingDataset(labels, scheme, crop=crop, **options)
+            data = training.TrainingDataset(labels, scheme, crop=crop, **options)
             items = [data[i] for i in range(len(data))]
         assert [item["image_id"] for item in items] == labels["image_id"]
         for item, box in zip(items, boxes, strict=True):
@@ -334,7 +334,7 @@ def test_crop_aware_targets_equal_the_pycocotools_reference(joined, tmp_path):
             assert sum(bool(((item["target"] > 0) & (item["target"] < 0.5)).any()) for item in items) > 5
 
 
-class _Boxes(loading.RandomResizedCropWithBox):
+class _Boxes(crops.RandomResizedCropWithBox):
     """Hands out given boxes in the order the items are built (image ids are not known to a crop)."""
 
     def __init__(self, boxes):

@@ -1,20 +1,26 @@
-"""Everything about the published artefact: schema, writer, card, Hub, loading, importers.
+"""Everything about the published artefact: schema, writer, card, Hub, loading, training datasets, importers.
 
-The training entry points of :mod:`.loading` (``load``, ``TrainingDataset``, ``StreamingTrainingDataset``,
-``RandomResizedCropWithBox``, ``collate``) are imported lazily so that ``.schema`` stays cheap to import.
+The training entry points (``load`` of :mod:`.loading`, ``TrainingDataset``, ``StreamingTrainingDataset`` and
+``collate`` of :mod:`.training`, ``RandomResizedCropWithBox`` of :mod:`.crops`) are imported lazily so that
+``.schema`` stays cheap to import.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-_LOADING = ("load", "TrainingDataset", "StreamingTrainingDataset", "RandomResizedCropWithBox", "collate")
-__all__ = list(_LOADING)
+_LAZY = {
+    "load": "loading",
+    "TrainingDataset": "training",
+    "StreamingTrainingDataset": "training",
+    "RandomResizedCropWithBox": "crops",
+    "collate": "training",
+}
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LOADING:
-        from multilabel_imagenet.dataset import loading
-
-        return getattr(loading, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
