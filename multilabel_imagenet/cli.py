@@ -482,7 +482,35 @@ def _evaluation_errors() -> tuple[type[Exception], ...]:
     "to the benchmarks built on them. See `benchmarks list`.",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
-@click.option("--threshold", default=0.5, show_default=True, help="Fixed threshold of the @<t> metrics.")
+@click.option("--threshold", default=0.5, show_default=True, help="Fixed threshold of the @thresh@<t> metrics.")
+@click.option(
+    "--sigmoid",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Sigmoid before thresholding: auto = when the scores are logits (outside [0, 1]); always = the authors'.",
+)
+@click.option(
+    "--argmax-fallback/--no-argmax-fallback",
+    default=True,
+    show_default=True,
+    help="An image with no class above threshold is given its argmax (the authors' default).",
+)
+@click.option(
+    "--ap-ties",
+    type=click.Choice(["sklearn", "authors"]),
+    default="sklearn",
+    show_default=True,
+    help="Per-sample AP ties: sklearn = tied classes count against the label; authors = np.argsort order "
+    "of the thresholded scores.",
+)
+@click.option(
+    "--bucket-scheme",
+    type=click.Choice(["default", "simple"]),
+    default="default",
+    show_default=True,
+    help="Label-count buckets (the authors' names): default = 1, 2, 3, >=4; simple = 1, 2, >=3.",
+)
 @click.option("--model", help="timm:NAME or a timm model folder, run over --images instead of PREDICTIONS.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Local weights for timm:NAME.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), help="Image folder.")
@@ -498,6 +526,10 @@ def evaluate_command(
     labels: tuple[str, ...],
     output: Path | None,
     threshold: float,
+    sigmoid: str,
+    argmax_fallback: bool,
+    ap_ties: str,
+    bucket_scheme: str,
     model: str | None,
     checkpoint: Path | None,
     images_dir: Path | None,
@@ -519,6 +551,8 @@ def evaluate_command(
         report,
     )
 
+    options = {"threshold": threshold, "sigmoid": sigmoid, "argmax_fallback": argmax_fallback, "ap_ties": ap_ties,
+               "bucket_scheme": bucket_scheme}  # fmt: skip
     if (predictions is None) == (model is None):
         raise click.UsageError("give either PREDICTIONS or --model")
     if model is not None and (images_dir is None or len(names) != 1):
@@ -535,14 +569,14 @@ def evaluate_command(
                 )
             if save_scores is not None:
                 np.save(save_scores, scores)
-            results = {bench.name: evaluate(scores, bench, threshold=threshold)}
+            results = {bench.name: evaluate(scores, bench, **options)}
         else:
             submitted = read_predictions(predictions)  # type: ignore[arg-type]
             results = {}
             for name, bench in benches.items():
                 rows = align(submitted, bench)
                 results[name] = (
-                    evaluate(rows.scores, bench, threshold=threshold)
+                    evaluate(rows.scores, bench, **options)
                     if rows.scores is not None
                     else evaluate_ranked(rows.ranked, bench)
                 )

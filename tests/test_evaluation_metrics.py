@@ -8,8 +8,6 @@ from sklearn.metrics import (
     average_precision_score,
     f1_score,
     label_ranking_average_precision_score,
-    precision_score,
-    recall_score,
     top_k_accuracy_score,
 )
 
@@ -120,23 +118,6 @@ def test_variable_top_k_small_hand_case():
     assert metrics.variable_top_k_by_label_count(ranked, targets) == {1: 1.0, 2: 0.5}
     assert metrics.asma(ranked, targets) == pytest.approx(0.75)
     assert metrics.r_precision(ranked, targets) == pytest.approx((1 + 0.5 + 1) / 3)
-
-
-def test_threshold_metrics_match_sklearn():
-    scores, targets = _random_case(7, max_labels=3, empty=0.0)
-    probs = 1 / (1 + np.exp(-scores))
-    predicted = probs >= 0.5
-    got = metrics.threshold_metrics(predicted, targets)
-    has = targets.any(axis=0)
-    cols = np.flatnonzero(has)
-    assert got["precision_micro"] == pytest.approx(precision_score(targets, predicted, average="micro"))
-    assert got["recall_micro"] == pytest.approx(recall_score(targets, predicted, average="micro"))
-    assert got["f1_micro"] == pytest.approx(f1_score(targets, predicted, average="micro"))
-    kw = {"average": "macro", "zero_division": 0}
-    assert got["precision_macro"] == pytest.approx(precision_score(targets[:, cols], predicted[:, cols], **kw))
-    assert got["recall_macro"] == pytest.approx(recall_score(targets[:, cols], predicted[:, cols], **kw))
-    assert got["f1_macro"] == pytest.approx(f1_score(targets[:, cols], predicted[:, cols], **kw))
-    assert got["subset_accuracy"] == pytest.approx(np.mean((predicted == targets).all(axis=1)))
 
 
 def test_f1_optimal_thresholds_are_optimal_per_class():

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Label-count groups used by the paper's Table 2 (per-sample mAP broken down by number of labels).
-LABEL_COUNT_GROUPS: dict[str, tuple[int, int]] = {"k1": (1, 1), "k2": (2, 2), "k3": (3, 3), "k4plus": (4, 10**9)}
-
+AP_TIE_RULES = ("sklearn", "authors")
 _CHUNK_ELEMENTS = 8_000_000  # bound on the temporary [rows, k, C] comparison array
 
 
@@ -124,16 +122,21 @@ def asma(ranked: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(list(variable_top_k_by_label_count(ranked, targets).values())))
 
 
-def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray, ties: str = "sklearn") -> np.ndarray:
     """Average precision of each image's ranking of all C classes, for images with a non-empty label set.
 
-    For label j of image i: precision = |{true c: s_c >= s_j}| / |{c: s_c >= s_j}| (ties count against the
-    prediction, as in scikit-learn's ``label_ranking_average_precision_score``); AP_i = mean over the labels.
+    ``ties="sklearn"``: for label j, precision = |{true c: s_c >= s_j}| / |{c: s_c >= s_j}|, so classes tied
+    with a label count against it (scikit-learn's ``label_ranking_average_precision_score``). ``"authors"``:
+    precision at each label's position in ``np.argsort(s)[::-1]`` (the authors' ``compute_average_precision``;
+    among tied scores the order is whatever numpy's sort leaves). Without ties both agree. AP_i = mean over labels.
     """
+    if ties not in AP_TIE_RULES:
+        raise ValueError(f"ties must be one of {AP_TIE_RULES}, got {ties!r}")
     keep = _nonempty(targets)
     scores, targets = scores[keep], targets[keep]
     counts = targets.sum(axis=1)
     out = np.empty(len(counts), dtype=np.float64)
+    tied = np.zeros(len(counts), dtype=bool)
     for k in np.unique(counts):
         rows = np.flatnonzero(counts == k)
         cols = np.nonzero(targets[rows])[1].reshape(len(rows), k)  # the k labels of each row
@@ -145,12 +148,21 @@ def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.
             rank = (s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
             above = (true_s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
             out[r] = (above / rank).mean(axis=1)
+            if ties == "authors":
+                tied[r] = (rank - (s[:, None, :] > true_s[:, :, None]).sum(axis=2) > 1).any(axis=1)
+    rows = np.flatnonzero(tied)
+    step = max(1, _CHUNK_ELEMENTS // scores.shape[1])
+    for start in range(0, len(rows), step):  # only images with a label tied to another class
+        r = rows[start : start + step]
+        hits = np.take_along_axis(targets[r], np.argsort(scores[r], axis=1)[:, ::-1], axis=1)
+        precision = np.cumsum(hits, axis=1) / np.arange(1, scores.shape[1] + 1)
+        out[r] = (precision * hits).sum(axis=1) / counts[r]
     return out
 
 
-def mean_per_sample_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """The paper's "mAP" on ReaL / INv2-ML / IN-Seg: per-sample AP averaged over images (= sklearn LRAP)."""
-    return float(per_sample_average_precision(scores, targets).mean())
+def mean_per_sample_average_precision(scores: np.ndarray, targets: np.ndarray, ties: str = "sklearn") -> float:
+    """The paper's "mAP" on ReaL / INv2-ML / IN-Seg: per-sample AP averaged over images (sklearn ties: LRAP)."""
+    return float(per_sample_average_precision(scores, targets, ties).mean())
 
 
 def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -201,36 +213,6 @@ def per_class_averaged_accuracy(correct: np.ndarray, classes: np.ndarray) -> flo
     present, inverse = np.unique(classes, return_inverse=True)
     per_class = np.bincount(inverse, weights=correct.astype(np.float64)) / np.bincount(inverse)
     return float(per_class.mean()) if len(present) else float("nan")
-
-
-def threshold_metrics(predicted: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Precision, recall, F1 (micro and macro) and subset accuracy of multi-hot predictions.
-
-    Images with an empty label set are excluded. Micro: counts pooled over all (image, class) pairs. Macro:
-    per-class values averaged over the classes with at least one positive; a class with no predicted positive
-    has precision 0 (and F1 0). Subset accuracy: the predicted set equals the label set exactly.
-    """
-    keep = _nonempty(targets)
-    predicted, targets = predicted[keep], targets[keep]
-    tp = (predicted & targets).sum(axis=0).astype(np.float64)
-    n_pred = predicted.sum(axis=0).astype(np.float64)
-    n_true = targets.sum(axis=0).astype(np.float64)
-    micro_p = tp.sum() / n_pred.sum() if n_pred.sum() else 0.0
-    micro_r = tp.sum() / n_true.sum()
-    has = n_true > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(n_pred > 0, tp / n_pred, 0.0)[has]
-        r = (tp / n_true)[has]
-        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    return {
-        "precision_micro": float(micro_p),
-        "recall_micro": float(micro_r),
-        "f1_micro": float(2 * micro_p * micro_r / (micro_p + micro_r)) if micro_p + micro_r else 0.0,
-        "precision_macro": float(p.mean()),
-        "recall_macro": float(r.mean()),
-        "f1_macro": float(f1.mean()),
-        "subset_accuracy": float((predicted == targets).all(axis=1).mean()),
-    }
 
 
 def f1_optimal_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

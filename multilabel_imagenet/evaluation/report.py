@@ -27,20 +27,30 @@ DEFINITIONS: dict[str, str] = {
     "of the subgroup's variable top-k accuracy (%)",
     "r_precision": "R-precision: fraction of the image's k labels among its k highest-scored classes, averaged "
     "over images (partial-credit counterpart of variable_topk) (%)",
-    "map_per_sample": "per-sample average precision over all 1000 classes, averaged over images = sklearn "
-    "label_ranking_average_precision_score; the paper's 'mAP' (%); _k1/_k2/_k3/_k4plus: images with that "
-    "many labels (paper Table 2)",
-    "map_macro": "classic macro mAP: per-class AP averaged over classes with >= 1 positive (%); "
-    "_k<group>: on the images with that many labels",
-    "precision_micro": "micro precision over all (image, class) pairs, thresholded predictions (%)",
-    "recall_micro": "micro recall (%)",
-    "f1_micro": "micro F1 (%)",
-    "precision_macro": "per-class precision averaged over classes with >= 1 positive (0 if nothing predicted) (%)",
-    "recall_macro": "per-class recall averaged over classes with >= 1 positive (%)",
-    "f1_macro": "per-class F1 averaged over classes with >= 1 positive (%)",
+    "count": "_k<group>: number of images with that many labels (authors' by_gt_label_count count)",
+    "map_per_sample": "per-sample average precision over all 1000 classes, averaged over images; the paper's and "
+    "the authors' 'mAP' (%); with sklearn ties = label_ranking_average_precision_score; _k1/_k2/_k3/_k4plus "
+    "(_k3plus): images with that many labels (paper Table 2)",
+    "map_macro": "classic macro mAP: per-class AP over images with a label set, averaged over classes with "
+    ">= 1 positive (%); _k<group>: on the images with that many labels",
     "subset_accuracy": "the thresholded prediction equals the label set exactly (%)",
-    "@<t>": "suffix: predict every class with probability >= t",
-    "@tuned": "suffix: per-class thresholds maximising each class's F1 on this benchmark itself (oracle, optimistic)",
+    "mean_iou": "|predicted & labels| / |predicted | labels| per image, averaged over images (%)",
+    "micro_precision": "precision pooled over all (image, class) pairs of the thresholded predictions (%)",
+    "micro_recall": "recall pooled over all (image, class) pairs (%)",
+    "micro_f1": "F1 of micro_precision and micro_recall (%)",
+    "macro_precision_over_gt_classes": "per-class precision averaged over classes with >= 1 label "
+    "(0 if never predicted) (%)",
+    "macro_recall_over_gt_classes": "per-class recall averaged over classes with >= 1 label (%)",
+    "macro_f1_over_gt_classes": "per-class F1 averaged over classes with >= 1 label (%)",
+    "_k<group>": "suffix: on the images with 1, 2, 3, >= 4 labels (k1 k2 k3 k4plus; --bucket-scheme simple: "
+    "k1 k2 k3plus)",
+    "@thresh@original": "suffix: per-class thresholds predicting each class on as many images as carry it as "
+    "original label (authors' thresh@original)",
+    "@thresh@val": "suffix: per-class thresholds predicting each class on as many labelled images as the "
+    "benchmark labels with it (authors' thresh@val)",
+    "@thresh@<t>": "suffix: predict every class scoring >= t (authors' thresh@0.5)",
+    "@thresh@tuned": "suffix: per-class thresholds maximising each class's F1 on this benchmark itself "
+    "(ours; oracle, optimistic)",
 }
 
 
@@ -50,8 +60,28 @@ def family(key: str) -> str:
     return re.sub(r"_k(\d+|\d+plus)$", "", key)
 
 
+def _suffixes(key: str) -> set[str]:
+    """The definition keys of a result key's bucket and threshold-rule suffixes."""
+    base, _, rule = key.partition("@")
+    out = {"_k<group>"} if family(base) != base and not base.startswith("variable_topk") else set()
+    if rule:
+        out.add(f"@{rule}" if rule in ("thresh@original", "thresh@val", "thresh@tuned") else "@thresh@<t>")
+    return out
+
+
+def _settings_line(name: str, settings: dict[str, Any]) -> str:
+    scores = "sigmoid applied (the scores are logits)" if settings["threshold_scores"] != "scores" else "as given"
+    fallback = "argmax (authors)" if settings["argmax_fallback"] else "none (an image may predict nothing)"
+    ties = {"sklearn": "sklearn (classes tied with a label count against it)",
+            "authors": "authors (np.argsort order of the thresholded scores)"}[settings["ap_ties"]]  # fmt: skip
+    return (
+        f"settings on {name}: thresholds {', '.join(settings['threshold_rules'])} on scores {scores}; "
+        f"empty prediction: {fallback}; AP ties: {ties}; buckets: {settings['bucket_scheme']}"
+    )
+
+
 def to_json(results: Results) -> str:
-    """``{"<benchmark>": {"n_images": int, "<metric>": float, ..., "skipped": {...}}, ...}``."""
+    """``{"<benchmark>": {"n_images": int, "<metric>": float, ..., "settings": {...}, "skipped": {...}}, ...}``."""
     return json.dumps(results, indent=2) + "\n"
 
 
@@ -64,7 +94,7 @@ def format_table(results: Results) -> str:
     names = list(results)
     keys: list[str] = []
     for block in results.values():
-        keys += [k for k in block if k != "skipped" and k not in keys]
+        keys += [k for k in block if k not in ("skipped", "settings") and k not in keys]
     width = max([len(k) for k in keys] + [6])
     columns = [max(len(n), 8) for n in names]
     lines = ["  ".join([" " * width] + [n.rjust(w) for n, w in zip(names, columns, strict=True)])]
@@ -77,10 +107,11 @@ def format_table(results: Results) -> str:
             )
         lines.append("  ".join([key.ljust(width)] + cells))
     for name in names:
+        if "settings" in results[name]:
+            lines.append(_settings_line(name, results[name]["settings"]))
         for metric, reason in results[name].get("skipped", {}).items():
             lines.append(f"skipped on {name}: {metric}: {reason}")
-    used = {family(k) for k in keys} | {"@tuned" for k in keys if k.endswith("@tuned")}
-    used |= {"@<t>" for k in keys if "@" in k and not k.endswith("@tuned")}
+    used = {family(k) for k in keys}.union(*(_suffixes(k) for k in keys))
     lines.append("")
     lines += [f"{k}: {text}" for k, text in DEFINITIONS.items() if k in used]
     return "\n".join(lines)

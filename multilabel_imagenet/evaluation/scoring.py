@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from multilabel_imagenet.evaluation import metrics
+from multilabel_imagenet.evaluation import metrics, thresholded
 from multilabel_imagenet.evaluation.benchmarks import Benchmark, BenchmarkFileError, load_benchmark
 from multilabel_imagenet.evaluation.predictions import check_ranked, check_scores
 
@@ -14,20 +15,44 @@ Result = dict[str, Any]
 _NEEDS_SCORES = "needs full score vectors; the predictions are ranked top-k class lists"
 
 
-def evaluate(scores: Any, benchmark: str | Benchmark, *, threshold: float = 0.5) -> Result:
+@dataclass(frozen=True)
+class Options:
+    """How thresholded metrics and per-sample AP are computed; see :func:`evaluate`."""
+
+    threshold: float = 0.5
+    sigmoid: str = "auto"
+    argmax_fallback: bool = True
+    ap_ties: str = "sklearn"
+    bucket_scheme: str = "default"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("sigmoid", thresholded.SIGMOID_MODES),
+            ("ap_ties", metrics.AP_TIE_RULES),
+            ("bucket_scheme", tuple(thresholded.BUCKET_SCHEMES)),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+def evaluate(scores: Any, benchmark: str | Benchmark, **options: Any) -> Result:
     """Score ``scores`` ([N, 1000], in ``benchmark``'s canonical order; numpy array or torch tensor).
 
     ``benchmark`` is a :class:`Benchmark` or a name loadable without a file (``"real"``). Returns
-    ``{"n_images": int, "<metric>": float, ..., "skipped": {"<metric>": reason}}`` with accuracies, AP,
-    precision/recall/F1 in percent. ``threshold`` is the fixed threshold of the ``@<threshold>`` metrics,
-    applied to scores that are probabilities (all in [0, 1]); they are skipped otherwise.
+    ``{"n_images": int, "<metric>": float, ..., "settings": {...}, "skipped": {"<metric>": reason}}`` with
+    accuracies, AP, IoU, precision/recall/F1 in percent. ``options`` (fields of :class:`Options`):
+    ``threshold`` (0.5) of the ``@thresh@<t>`` metrics; ``sigmoid`` ("auto": applied before thresholding when
+    the scores are logits; "always", as the authors; "never"); ``argmax_fallback`` (True, the authors'): an image
+    with nothing above threshold is given its argmax; ``ap_ties`` ("sklearn", or "authors": their argsort order,
+    on the thresholded scores); ``bucket_scheme`` ("default": 1, 2, 3, >=4 labels; "simple": 1, 2, >=3).
     """
+    opts = Options(**options)
     bench = load_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     if hasattr(scores, "detach"):
         scores = scores.detach().float().cpu().numpy()
     scores = check_scores(np.asarray(scores), len(bench), "scores")
     k = max(5, int(bench.targets.sum(axis=1).max()) if bench.targets is not None else 0)
-    return _evaluate(bench, metrics.top_k_indices(scores, k), scores, threshold)
+    return _evaluate(bench, metrics.top_k_indices(scores, k), scores, opts)
 
 
 def evaluate_ranked(ranked: Any, benchmark: str | Benchmark) -> Result:
@@ -35,18 +60,18 @@ def evaluate_ranked(ranked: Any, benchmark: str | Benchmark) -> Result:
     need no full scores are computed; the others are listed under ``"skipped"`` with the reason."""
     bench = load_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     ranked = check_ranked(np.asarray(ranked), len(bench), "ranked predictions")
-    return _evaluate(bench, ranked, None, None)
+    return _evaluate(bench, ranked, None, Options())
 
 
 def _pct(value: float) -> float:
     return 100.0 * value
 
 
-def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, threshold: float | None) -> Result:
+def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, opts: Options) -> Result:
     multilabel: Result = {}
     skipped: dict[str, str] = {}
     if bench.recipe != "single":
-        _multilabel(bench, ranked, scores, threshold, multilabel, skipped)
+        _multilabel(bench, ranked, scores, opts, multilabel, skipped)
     out: Result = {"n_images": multilabel.pop("n_images", len(bench))}
     depth = ranked.shape[1]
     if bench.original is not None and (bench.original >= 0).any():
@@ -60,7 +85,10 @@ def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, t
                 skipped[f"top{k}"] = f"needs the top-{k} classes of each image; the predictions hold {depth}"
     if bench.main is not None:
         out["main_top1"] = _pct(metrics.top_k_accuracy(ranked, bench.main, 1))
+    settings = multilabel.pop("settings", None)
     out.update(multilabel)
+    if settings is not None:
+        out["settings"] = settings
     if skipped:
         out["skipped"] = skipped
     return out
@@ -70,7 +98,7 @@ def _multilabel(
     bench: Benchmark,
     ranked: np.ndarray,
     scores: np.ndarray | None,
-    threshold: float | None,
+    opts: Options,
     out: Result,
     skipped: dict[str, str],
 ) -> None:
@@ -112,25 +140,48 @@ def _multilabel(
         reason = f"needs the top-{counts.max()} classes (the largest label set); the predictions hold {depth}"
         skipped.update({"variable_topk": reason, "asma": reason, "r_precision": reason})
     if scores is None:
-        skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "precision/recall/f1")})
+        skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "thresholded metrics")})
         return
-    per_sample = metrics.per_sample_average_precision(scores, targets)
+    probs, sigmoid_applied = thresholded.probabilities(scores, opts.sigmoid)
+    per_sample = metrics.per_sample_average_precision(
+        probs if opts.ap_ties == "authors" else scores, targets, opts.ap_ties
+    )
     out["map_per_sample"] = _pct(float(per_sample.mean()))
     out["map_macro"] = _pct(metrics.macro_average_precision(scores, targets))
-    for group, (lo, hi) in metrics.LABEL_COUNT_GROUPS.items():
+    for group, (lo, hi) in thresholded.BUCKET_SCHEMES[opts.bucket_scheme].items():
         in_group = (counts >= lo) & (counts <= hi)
         if in_group.any():
+            out[f"count_{group}"] = int(in_group.sum())
             out[f"map_per_sample_{group}"] = _pct(float(per_sample[in_group[nonempty]].mean()))
             out[f"map_macro_{group}"] = _pct(metrics.macro_average_precision(scores[in_group], targets[in_group]))
-    if threshold is not None:
-        if scores.min() >= 0.0 and scores.max() <= 1.0:
-            for key, value in metrics.threshold_metrics(scores >= threshold, targets).items():
-                out[f"{key}@{threshold:g}"] = _pct(value)
-        else:
-            skipped[f"precision/recall/f1@{threshold:g}"] = (
-                "fixed-threshold metrics need probabilities in [0, 1]; the scores are not (pass softmax or "
-                "sigmoid outputs)"
-            )
-    tuned = metrics.f1_optimal_thresholds(scores, targets)
-    for key, value in metrics.threshold_metrics(scores >= tuned[None, :], targets).items():
-        out[f"{key}@tuned"] = _pct(value)
+    rules = _threshold_rules(bench, probs, targets, opts.threshold, skipped)
+    for rule, thresholds in rules.items():
+        predicted = thresholded.predict(probs, thresholds, opts.argmax_fallback)
+        for key, value in thresholded.set_metrics(predicted, targets, opts.bucket_scheme).items():
+            out[f"{key}@{rule}"] = _pct(value)
+    out["settings"] = {
+        "threshold_scores": "sigmoid(scores)" if sigmoid_applied else "scores",
+        "threshold_rules": list(rules),
+        "argmax_fallback": opts.argmax_fallback,
+        "ap_ties": opts.ap_ties,
+        "bucket_scheme": opts.bucket_scheme,
+    }
+
+
+def _threshold_rules(
+    bench: Benchmark, probs: np.ndarray, targets: np.ndarray, threshold: float, skipped: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Per-class thresholds of each rule, named as the authors name them (``thresh@tuned`` is ours)."""
+    n_classes = probs.shape[1]
+    rules = {}
+    if bench.original is not None and (bench.original >= 0).any():
+        labelled = bench.original >= 0  # as many predictions per class as original labels, on those images
+        counts = np.bincount(bench.original[labelled], minlength=n_classes)
+        rules["thresh@original"] = thresholded.count_calibrated_thresholds(probs[labelled], counts)
+    else:
+        skipped["thresh@original"] = "needs the original labels (--labels imagenet-val=FILE or inv2=FILE)"
+    nonempty = targets.any(axis=1)  # as many predictions per class as the benchmark's labels, on labelled images
+    rules["thresh@val"] = thresholded.count_calibrated_thresholds(probs[nonempty], targets.sum(axis=0))
+    rules[f"thresh@{threshold:g}"] = np.full(n_classes, threshold)
+    rules["thresh@tuned"] = metrics.f1_optimal_thresholds(probs, targets)
+    return rules
