@@ -72,14 +72,16 @@ def peak_tflops(device_name: str | None, override: float | None) -> float | None
     return None
 
 
-def extractor_for(backbone: str, feature: str, device: str | torch.device) -> backbones.Extractor:
+def extractor_for(
+    backbone: str, feature: str, device: str | torch.device, precision: str = "fp32"
+) -> backbones.Extractor:
     """The colour/texture extractor, or timm model ``backbone`` with random weights built on ``device`` (on the
-    meta device nothing is allocated)."""
+    meta device nothing is allocated), forward in ``precision`` (backbones.PRECISIONS)."""
     if backbone == backbones.COLOUR_TEXTURE:
         return backbones.load_backbone(backbone, feature)
     with torch.device(device):
         model = timm.create_model(backbone, pretrained=False, num_classes=0, dynamic_img_size=True)
-    return backbones.TimmExtractor(model, feature)
+    return backbones.TimmExtractor(model, feature, precision)
 
 
 def flops_per_image(extractor: backbones.Extractor, size: int, device: torch.device) -> float:
@@ -175,8 +177,8 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     records = images.open_source(root / "train")
     warm, records = records[:batch], records[batch : batch + n_images]
 
-    extractors = [extractor_for(c.backbone, c.feature, device) for c in cfgs]
-    lab_extractor = extractor_for(lab.backbone, "patch", device)
+    extractors = [extractor_for(c.backbone, c.feature, device, args.precision) for c in cfgs]
+    lab_extractor = extractor_for(lab.backbone, "patch", device, args.precision)
     probe = lab_extractor(torch.zeros(1, 3, lab.input_size, lab.input_size, device=device))
     head = labeler.LabelerHead(probe.shape[-1], lab.hidden).to(device).eval()
 
@@ -219,6 +221,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         "batch_size": batch,
         "decode_workers": workers,
         "cpu_threads": args.threads,
+        "precision": args.precision,
         "labeler": {"backbone": lab.backbone, "input_size": lab.input_size, "gflops_per_image": lab_flops / 1e9},
         "proposals_per_image": float(np.mean([len(p) for _, _, p in found])),
         "images_per_s": {
@@ -248,6 +251,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="images per batch (default: 32 on CUDA, 8 on CPU)")
     parser.add_argument("--workers", type=int, help="decoding processes (default: min(8, cores) on CUDA, 1 on CPU)")
     parser.add_argument("--threads", type=int, default=4, help="threads for the CPU steps of MaskCut")
+    parser.add_argument(
+        "--precision", choices=backbones.PRECISIONS, default="fp32", help="backbone forward (the paper preset's: fp32)"
+    )
     parser.add_argument("--published-images", type=int, default=2, help="images for the published-style path")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("gpu_throughput.json"))

@@ -200,12 +200,27 @@ def test_colour_texture_extractor_is_deterministic_and_separates_colours():
     assert cos[bg, 7].item() > 0.99 and cos[obj, 3 * 8 + 3].item() > 0.99 and cos[bg, obj].item() < 0.3
 
 
+def test_fp32_by_default_and_bf16_on_request(timm_files):
+    path, _ = timm_files["vit_base_patch8_224.dino"]
+    fp32 = backbones.load_backbone("vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY)
+    bf16 = backbones.load_backbone("vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY, precision="bf16")
+    images = torch.randn(2, 3, 32, 32)
+    exact, rounded = fp32(images), bf16(images)
+    assert fp32.precision == "fp32" and exact.dtype == rounded.dtype == torch.float32
+    assert not torch.equal(exact, rounded)  # bf16 did run
+    assert F.cosine_similarity(exact.flatten(0, 2), rounded.flatten(0, 2), dim=1).min().item() > 0.98
+    with pytest.raises(ValueError, match="precision must be one of"):
+        backbones.load_backbone("vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY, precision="fp16")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_autocast_on_cuda(timm_files):
     path, _ = timm_files["vit_base_patch8_224.dino"]
     cpu = backbones.load_backbone("vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY)
-    gpu = backbones.load_backbone("vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY, device="cuda")
+    gpu = backbones.load_backbone(
+        "vit_base_patch8_224.dino", "k", weights=path, model_kwargs=TINY, device="cuda", precision="bf16"
+    )
     images = torch.randn(2, 3, 32, 32)
     fc, fg = cpu(images), gpu(images)
     assert fg.dtype == torch.float32 and fg.device.type == "cuda"

@@ -9,8 +9,9 @@ features (B, H/p, W/p, d) in float32, CLS and register tokens dropped (REFERENCE
 * ``patch``: the final (normalised) patch tokens.
 
 Weights come from a timm name or a transformers Hub id (online), or from a local safetensors file / a
-``save_pretrained`` folder (offline); nothing is ever unpickled. On CUDA the forward pass runs under bf16
-autocast; features are returned in float32.
+``save_pretrained`` folder (offline); nothing is ever unpickled. The forward pass runs in float32 by default,
+as the authors' MaskCut does (bf16 autocast can flip affinities that sit near tau); ``precision="bf16"`` runs it
+under bf16 autocast on any device. Features are returned in float32.
 """
 
 from __future__ import annotations
@@ -104,10 +105,18 @@ def _check_input(images: torch.Tensor, patch: int) -> tuple[int, int]:
     return h // patch, w // patch
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+PRECISIONS = ("fp32", "bf16")
+"""Backbone forward precision: float32 (the authors' and the paper preset's), or bf16 autocast (faster on GPUs)."""
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def _split_heads_norm(t: torch.Tensor, norm: torch.nn.Module | None, heads: int) -> torch.Tensor:
@@ -127,6 +136,7 @@ class _Captured(Exception):
 def _forward(
     forward: Callable[[], torch.Tensor],
     device: torch.device,
+    precision: str,
     module: torch.nn.Module | None = None,
     *,
     pre: bool = False,
@@ -134,7 +144,7 @@ def _forward(
     """``forward()`` under :func:`_autocast`; with ``module``, the input (``pre``) or output of its first call
     instead, the pass stopped there."""
     if module is None:
-        with _autocast(device):
+        with _autocast(device, precision):
             return forward()
     captured: list[torch.Tensor] = []
 
@@ -144,7 +154,7 @@ def _forward(
 
     hook = module.register_forward_pre_hook(grab, with_kwargs=True) if pre else module.register_forward_hook(grab)
     try:
-        with _autocast(device), contextlib.suppress(_Captured):
+        with _autocast(device, precision), contextlib.suppress(_Captured):
             forward()
     finally:
         hook.remove()
@@ -156,9 +166,10 @@ def _forward(
 class TimmExtractor:
     """Features of a timm ViT (VisionTransformer: DINO, DINOv2 with/without registers; Eva: DINOv3)."""
 
-    def __init__(self, model: torch.nn.Module, feature: str):
+    def __init__(self, model: torch.nn.Module, feature: str, precision: str = "fp32"):
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        self.precision = _check_precision(precision)
         if not hasattr(model, "blocks") or not hasattr(model, "num_prefix_tokens"):
             raise ValueError(f"{type(model).__name__} is not a timm ViT (no blocks / num_prefix_tokens)")
         self.model = model.eval()
@@ -187,9 +198,9 @@ class TimmExtractor:
         gh, gw = _check_input(images, self.patch_size)
         images = images.to(self.device)
         attn = None if self.feature == "patch" else self.model.blocks[-1].attn
-        tokens = _forward(lambda: self.model.forward_features(images), self.device, attn, pre=True)
+        tokens = _forward(lambda: self.model.forward_features(images), self.device, self.precision, attn, pre=True)
         if attn is not None:  # tokens: the last attention's input
-            with _autocast(self.device):
+            with _autocast(self.device, self.precision):
                 tokens = self._qkv(attn, tokens)
         patches = tokens[:, self.model.num_prefix_tokens :].float()
         return patches.reshape(images.shape[0], gh, gw, -1)
@@ -198,9 +209,10 @@ class TimmExtractor:
 class HFExtractor:
     """Features of a transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT model."""
 
-    def __init__(self, model: torch.nn.Module, feature: str):
+    def __init__(self, model: torch.nn.Module, feature: str, precision: str = "fp32"):
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        self.precision = _check_precision(precision)
         self.model = model.eval()
         self.feature = feature
         config = model.config
@@ -218,7 +230,8 @@ class HFExtractor:
         gh, gw = _check_input(images, self.patch_size)
         images = images.to(self.device)
         projection = None if self.feature == "patch" else getattr(self.attn, f"{self.feature}_proj")
-        tokens = _forward(lambda: self.model(pixel_values=images).last_hidden_state, self.device, projection)
+        forward = lambda: self.model(pixel_values=images).last_hidden_state  # noqa: E731
+        tokens = _forward(forward, self.device, self.precision, projection)
         patches = tokens[:, self.num_prefix :].float()
         return patches.reshape(images.shape[0], gh, gw, -1)
 
@@ -288,6 +301,7 @@ def load_backbone(
     weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     model_kwargs: dict | None = None,
+    precision: str = "fp32",
 ) -> Extractor:
     """Load a feature extractor.
 
@@ -295,8 +309,9 @@ def load_backbone(
     transformers models; otherwise a timm model name (e.g. ``vit_base_patch8_224.dino``). ``weights``: a
     local safetensors file for a timm model (or a folder for transformers); without it, pretrained weights
     are fetched from the Hub (online). ``model_kwargs`` override the timm architecture (tests build tiny
-    models this way).
+    models this way). ``precision``: see :data:`PRECISIONS` (the colour-texture extractor is always float32).
     """
+    _check_precision(precision)
     if backbone == COLOUR_TEXTURE:
         return ColourTextureExtractor()
     device = torch.device(device)
@@ -306,7 +321,7 @@ def load_backbone(
 
         source = str(weights) if weights is not None else str(folder)
         model = AutoModel.from_pretrained(source, use_safetensors=True)
-        return HFExtractor(model.to(device), feature)
+        return HFExtractor(model.to(device), feature, precision)
     import timm
 
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **(model_kwargs or {})}
@@ -319,15 +334,20 @@ def load_backbone(
         model = timm.create_model(backbone, pretrained=True, **kwargs)
     except RuntimeError as err:
         raise ValueError(f"could not load timm model {backbone!r} (weights={weights}): {err}") from err
-    return TimmExtractor(model.to(device), feature)
+    return TimmExtractor(model.to(device), feature, precision)
 
 
 def cached_extractor(
-    cache: dict, backbone: str, feature: str, weights: Mapping[str, str | Path], device: str | torch.device
+    cache: dict,
+    backbone: str,
+    feature: str,
+    weights: Mapping[str, str | Path],
+    device: str | torch.device,
+    precision: str = "fp32",
 ) -> Extractor:
     """``cache[(backbone, feature)]``, loaded on first use (:func:`load_backbone`) with the local weights
     ``weights[backbone]`` if any."""
     key = (backbone, feature)
     if key not in cache:
-        cache[key] = load_backbone(backbone, feature, weights=weights.get(backbone), device=device)
+        cache[key] = load_backbone(backbone, feature, weights=weights.get(backbone), device=device, precision=precision)
     return cache[key]
