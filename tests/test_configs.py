@@ -13,8 +13,8 @@ def test_paper_preset_is_supp_a2():
     rows = [(c.name, c.backbone, c.feature, c.input_size, c.tau, c.n, c.crf) for c in configs.preset("paper")]
     assert rows == [
         ("dinov3_b16", "vit_base_patch16_dinov3.lvd1689m", "v", 768, 0.35, 4, False),
-        ("dinov2_g14", "vit_giant_patch14_dinov2.lvd142m", "v", 672, 0.12, 3, True),
-        ("dinov2_l14", "vit_large_patch14_dinov2.lvd142m", "v", 448, 0.12, 3, True),
+        ("dinov2_g14", "vit_giant_patch14_reg4_dinov2.lvd142m", "v", 672, 0.12, 3, True),
+        ("dinov2_l14", "vit_large_patch14_reg4_dinov2.lvd142m", "v", 448, 0.12, 3, True),
         ("dino_b8", "vit_base_patch8_224.dino", "k", 480, 0.15, 3, True),
     ]
     assert configs.MaskCutConfig(**configs.PAPER[0].to_dict()) == configs.PAPER[0]
