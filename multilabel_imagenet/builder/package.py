@@ -49,12 +49,7 @@ def _shard_rows(work_dir: Path, split: str, config: BuildConfig) -> Iterator[tup
     labelled = split_stage(work_dir, "label", split, config)
     chosen = split_stage(work_dir, "select", split, config) if (work_dir / "select" / split).is_dir() else None
     for stage in (found, labelled, *([chosen] if chosen else [])):
-        missing = stage.missing()
-        if missing:
-            raise FileNotFoundError(
-                f"{stage.folder}: {len(missing)} of {stage.num_shards} shards of stage '{stage.stage}' are not "
-                f"complete (e.g. shard {missing[0]}); run that stage (all --shard workers) first"
-            )
+        stage.require_complete()
     for i in range(found.num_shards):
         labels = {r["image_id"]: r for r in labelled.read(i)}
         select_errors = {r["image_id"]: r["error"] for r in chosen.read(i) if "error" in r} if chosen else {}

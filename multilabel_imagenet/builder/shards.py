@@ -122,14 +122,18 @@ class StageDir:
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f]
 
-    def read_all(self) -> Iterator[dict]:
-        """Every row of every shard in order; raises naming the first missing shard."""
+    def require_complete(self) -> None:
+        """Raise, naming the first missing shard, unless every shard is complete."""
         missing = self.missing()
         if missing:
             raise FileNotFoundError(
                 f"{self.folder}: {len(missing)} of {self.num_shards} shards of stage '{self.stage}' are not "
                 f"complete (e.g. shard {missing[0]}); run that stage (all --shard workers) first"
             )
+
+    def read_all(self) -> Iterator[dict]:
+        """Every row of every shard in order; raises naming the first missing shard."""
+        self.require_complete()
         for i in range(self.num_shards):
             yield from self.read(i)
 
