@@ -171,7 +171,8 @@ def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple
     One sort per class column; the counts then come from binary search, ties counted together.
     """
     n = scores.shape[0]
-    columns = np.sort(np.ascontiguousarray(scores.T), axis=1)  # [C, N], ascending
+    columns = np.array(scores.T, order="C")  # [C, N], a copy
+    columns.sort(axis=1)  # ascending
     class_of, image_of = np.nonzero(np.ascontiguousarray(targets.T))
     bounds = np.searchsorted(class_of, np.arange(scores.shape[1] + 1))
     out = {}
@@ -191,8 +192,10 @@ def per_class_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.n
     score threshold, tied scores entering together; equals ``sklearn.metrics.average_precision_score``.
     """
     keep = _nonempty(targets)
+    if not keep.all():
+        scores, targets = scores[keep], targets[keep]
     out = np.full(scores.shape[1], np.nan)
-    for c, (_, positives_above, images_above) in _positive_counts(scores[keep], targets[keep]).items():
+    for c, (_, positives_above, images_above) in _positive_counts(scores, targets).items():
         out[c] = np.mean(positives_above / images_above)
     return out
 

@@ -45,8 +45,9 @@ def count_calibrated_thresholds(probs: np.ndarray, counts: np.ndarray) -> np.nda
         raise ValueError("no rows to calibrate thresholds on")
     out = np.full(probs.shape[1], np.inf)
     has = np.flatnonzero(counts > 0)
-    columns = np.sort(np.ascontiguousarray(probs[:, has].T), axis=1)  # ascending
-    out[has] = columns[np.arange(len(has)), n - np.minimum(counts[has], n)]
+    columns = probs.T[has]  # [classes with a count, N]
+    for c, column, k in zip(has, columns, n - np.minimum(counts[has], n), strict=True):
+        out[c] = np.partition(column, k)[k]  # the k-th lowest = the counts[c]-th highest
     return out
 
 
