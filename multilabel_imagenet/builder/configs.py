@@ -83,8 +83,8 @@ class MaskCutConfig:
 # The paper's ensemble, Supp. A.2 (REFERENCE.md section 1 table). The DINOv2 models are the ones WITH 4 registers,
 # as the authors' MaskCut loads them (torch.hub dinov2_{g,l}14_reg, code/CutLER/maskcut/maskcut_dinov3.py line 51,
 # CLS + 4 registers dropped): registers remove the high-norm artefact tokens that would distort the thresholded
-# cosine graph tau = 0.12 was tuned on. DINOv3 ViT-B/16 (LVD-1689M) and DINO ViT-B/8 as in Supp. A.2. Order matters for deduplication: an earlier
-# configuration's proposal is kept over a later near-duplicate.
+# cosine graph tau = 0.12 was tuned on. DINOv3 ViT-B/16 (LVD-1689M) and DINO ViT-B/8 as in Supp. A.2.
+# Order matters for deduplication: an earlier configuration's proposal is kept over a later near-duplicate.
 PAPER: tuple[MaskCutConfig, ...] = (
     MaskCutConfig("dinov3_b16", "vit_base_patch16_dinov3.lvd1689m", "v", 768, 0.35, 4, crf=False),
     MaskCutConfig("dinov2_g14", "vit_giant_patch14_reg4_dinov2.lvd142m", "v", 672, 0.12, 3, crf=True),
