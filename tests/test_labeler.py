@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from multilabel_imagenet.builder import labeler
-from multilabel_imagenet.builder.labeler import FeatureCache, LabelerConfig
+from multilabel_imagenet.builder import backbones, labeler, labeler_online, labeler_train
+from multilabel_imagenet.builder.labeler import LabelerConfig
+from multilabel_imagenet.builder.labeler_train import FeatureCache
 
 
 def test_defaults_follow_the_paper():
@@ -48,17 +49,16 @@ def test_drop_patches_drops_a_quarter_of_the_foreground():
     assert torch.equal(labeler.drop_patches(grid, 0.0), grid)
 
 
-def test_masked_mean_and_global_pool():
+def test_masked_mean():
     feats = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
     grid = torch.zeros(1, 2, 3, dtype=torch.bool)
     grid[0, 0, 1] = grid[0, 1, 2] = True
     np.testing.assert_allclose(labeler.masked_mean(feats, grid)[0], (feats[0, 1] + feats[1, 2]) / 2)
-    np.testing.assert_allclose(labeler.global_pool(feats[None])[0], feats.reshape(6, 4).mean(0))
 
 
 def test_learning_rate_schedule():
     c = LabelerConfig(epochs=10, warmup_epochs=2, lr=0.1)
-    lrs = [labeler.learning_rate(c, s, 5) for s in range(50)]
+    lrs = [labeler_train.learning_rate(c, s, 5) for s in range(50)]
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False)), "linear warm-up"
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)), "cosine decay"
@@ -80,7 +80,7 @@ def test_train_from_cache_learns_logs_and_checkpoints(tmp_path):
     assert cache.features.dtype == torch.float16
     config = LabelerConfig(epochs=15, warmup_epochs=1, batch_size=32, hidden=32, lr=0.05)
     ckpt, log = tmp_path / "head.safetensors", tmp_path / "log.jsonl"
-    head = labeler.train_from_cache(cache, config, num_classes=5, checkpoint=ckpt, log=log, progress=False)
+    head = labeler_train.train_from_cache(cache, config, num_classes=5, checkpoint=ckpt, log=log, progress=False)
     classes_, scores = labeler.top_k(head, cache.features[:, 0].float(), k=3)
     assert (classes_[:, 0] == cache.labels.numpy()).mean() > 0.95
     assert classes_.dtype == np.int16 and scores.dtype == np.float32 and np.all(np.diff(scores, axis=1) <= 0)
@@ -95,10 +95,10 @@ def test_train_from_cache_learns_logs_and_checkpoints(tmp_path):
 def test_resume_gives_the_same_head_as_an_uninterrupted_run(tmp_path):
     cache = _clusters(n_per_class=10)
     config = LabelerConfig(epochs=4, warmup_epochs=1, batch_size=16, hidden=16)
-    full = labeler.train_from_cache(cache, config, num_classes=5, progress=False)
+    full = labeler_train.train_from_cache(cache, config, num_classes=5, progress=False)
 
     ckpt = tmp_path / "head.safetensors"
-    original_fit = labeler.fit
+    original_fit = labeler_train.fit
 
     def interrupted_fit(head, cfg, epoch_batches, steps, **kw):
         def stop_at_two(epoch):
@@ -108,21 +108,21 @@ def test_resume_gives_the_same_head_as_an_uninterrupted_run(tmp_path):
 
         return original_fit(head, cfg, stop_at_two, steps, **kw)
 
-    labeler.fit = interrupted_fit
+    labeler_train.fit = interrupted_fit
     try:
         with pytest.raises(KeyboardInterrupt):
-            labeler.train_from_cache(
+            labeler_train.train_from_cache(
                 cache, config, num_classes=5, checkpoint=ckpt, progress=False, checkpoint_seconds=0
             )
     finally:
-        labeler.fit = original_fit
+        labeler_train.fit = original_fit
     assert labeler.load_checkpoint(ckpt)[2] == 2
-    resumed = labeler.train_from_cache(cache, config, num_classes=5, checkpoint=ckpt, resume=True, progress=False)
+    resumed = labeler_train.train_from_cache(cache, config, num_classes=5, checkpoint=ckpt, resume=True, progress=False)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     other = LabelerConfig(epochs=5, warmup_epochs=1, batch_size=16, hidden=16)
     with pytest.raises(ValueError, match="different configuration"):
-        labeler.train_from_cache(cache, other, num_classes=5, checkpoint=ckpt, resume=True, progress=False)
+        labeler_train.train_from_cache(cache, other, num_classes=5, checkpoint=ckpt, resume=True, progress=False)
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
@@ -142,16 +142,16 @@ def test_build_feature_cache_pools_samples():
     masks[0, :16, :16] = True
     masks[1, 16:, 16:] = True
     config = LabelerConfig(cache_views=3, patch_drop=0.25)
-    cache = labeler.build_feature_cache([(feats, masks, [((0,), 7), ((0, 1), 9), ((), 3)])], config)
+    cache = labeler_train.build_feature_cache([(feats, masks, [((0,), 7), ((0, 1), 9), ((), 3)])], config)
     assert cache.features.shape == (3, 3, 2) and cache.labels.tolist() == [7, 9, 3]
     assert torch.allclose(cache.features[0].float(), torch.tensor([1.0, 0.0]))
     assert torch.allclose(cache.features[1].float().sum(1), torch.ones(3), atol=1e-3), "union of both masks"
     counts = cache.features[2].float() * 12  # a full-image sample keeps 12 of 16 patches per view
     assert torch.allclose(counts, counts.round(), atol=0.01) and not torch.equal(counts[0], counts[1])
-    clean = labeler.build_feature_cache([(feats, masks, [((), 3)])], LabelerConfig(cache_views=1, patch_drop=0))
+    clean = labeler_train.build_feature_cache([(feats, masks, [((), 3)])], LabelerConfig(cache_views=1, patch_drop=0))
     assert torch.allclose(clean.features[0, 0].float(), torch.tensor([0.25, 0.25])), "full image = global mean"
     with pytest.raises(ValueError, match="no training samples"):
-        labeler.build_feature_cache([(feats, masks, [])], config)
+        labeler_train.build_feature_cache([(feats, masks, [])], config)
 
 
 def test_label_image_outputs_top_k():
@@ -181,49 +181,127 @@ def test_joint_augmentation_keeps_mask_aligned(monkeypatch):
     mask = np.zeros((60, 80), np.uint8)
     mask[10:40, 30:70] = 1
     image = np.repeat(mask[..., None] * 255, 3, axis=2)
-    geometric = labeler.joint_augmentation(64, rand_augment=False)
+    geometric = labeler_online.joint_augmentation(64, rand_augment=False)
     for _ in range(10):
         img, msk = geometric(*_pair(image, mask))
         assert img.shape == (3, 64, 64) and msk.shape == (1, 64, 64)
         assert ((img[0] > 127) == msk[0].bool()).float().mean() > 0.95  # up to antialiased borders
     # RandAugment's geometric operations move the mask exactly with the image.
-    monkeypatch.setattr(labeler.JointRandAugment, "PHOTOMETRIC", ())
+    monkeypatch.setattr(labeler_online.JointRandAugment, "PHOTOMETRIC", ())
     moved = 0
     for _ in range(20):
-        img, msk = labeler.JointRandAugment()(*_pair(image, mask))
+        img, msk = labeler_online.JointRandAugment()(*_pair(image, mask))
         assert torch.equal(img[0], msk[0] * 255)
         moved += not torch.equal(msk[0], torch.from_numpy(mask))
     assert moved > 15
     monkeypatch.undo()
     for _ in range(10):
-        img, msk = labeler.joint_augmentation(32)(*_pair(image, mask))
+        img, msk = labeler_online.joint_augmentation(32)(*_pair(image, mask))
         assert set(msk.unique().tolist()) <= {0, 1} and img.dtype == torch.uint8
 
 
-def test_train_online_runs_with_a_frozen_extractor():
-    rng = np.random.default_rng(0)
-    samples = []
-    for k in range(12):
-        colour = np.array([[255, 0, 0], [0, 0, 255]][k % 2], np.uint8)
-        image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
-        mask = np.zeros((48, 48), bool)
-        mask[8:40, 8:40] = True
-        image[mask] = colour
-        samples.append((image, mask, k % 2))
+def _conv_extractor():
     proj = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
     torch.nn.init.normal_(proj.weight, generator=torch.Generator().manual_seed(0))
+    torch.nn.init.zeros_(proj.bias)
+    return lambda x: proj(x).permute(0, 2, 3, 1)
 
-    def extractor(x):
-        return proj(x).permute(0, 2, 3, 1)
 
-    config = LabelerConfig(input_size=32, epochs=8, warmup_epochs=1, batch_size=4, hidden=16, lr=0.05)
-    head = labeler.train_online(samples, extractor, config, lambda b: b.float() / 255, num_classes=2, progress=False)
-    feats = extractor(torch.stack([torch.from_numpy(s[0]).permute(2, 0, 1) for s in samples]).float() / 255)
-    preds = [
-        labeler.label_image(head, f.detach(), s[1][None], config).mask_classes[0, 0]
-        for f, s in zip(feats, samples, strict=True)
-    ]
-    assert np.mean(np.array(preds) == np.array([s[2] for s in samples])) >= 0.9
+def _online_samples(tmp_path, n=12, broken=()):
+    """Red (class 0) and blue (class 1) squares on dark noise, as image files and a samples file."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    rows, arrays = [], []
+    for k in range(n):
+        image = rng.integers(0, 60, (48, 56, 3), dtype=np.uint8)
+        mask = np.zeros((48, 56), bool)
+        mask[8:40, 10:44] = True
+        image[mask] = [[255, 0, 0], [0, 0, 255]][k % 2]
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(image).save(path)
+        if k in broken:
+            path.write_bytes(b"not an image")
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        masks = [] if k == 1 else [rle["counts"].decode()]  # sample 1 is a full-image sample
+        rows.append(
+            {"image_id": f"img{k}", "path": str(path), "height": 48, "width": 56, "label": k % 2, "masks": masks}
+        )
+        arrays.append((image, mask))
+    samples = tmp_path / "samples.arrow"
+    assert labeler_online.write_samples(samples, [rows[:5], [], rows[5:]]) == n
+    return samples, arrays
+
+
+@pytest.mark.parametrize("pooling", ["features", "logits"])
+def test_train_online_learns_from_augmented_samples(tmp_path, pooling):
+    samples, arrays = _online_samples(tmp_path)
+    extractor = _conv_extractor()
+    config = LabelerConfig(input_size=32, epochs=20, warmup_epochs=1, batch_size=4, hidden=16, lr=0.01, pooling=pooling)
+    head = labeler_online.train_online(samples, extractor, config, num_classes=2, progress=False)
+    correct = 0
+    for k, (image, mask) in enumerate(arrays):
+        resized = torch.from_numpy(backbones.resize([image], 32)[0])[None]
+        tokens = extractor(backbones.normalise(resized))[0].detach()
+        correct += labeler.label_image(head, tokens, mask[None], config).mask_classes[0, 0] == k % 2
+    assert correct >= 11
+
+
+def test_online_items_are_seeded_per_epoch_and_sample(tmp_path):
+    samples, _ = _online_samples(tmp_path, n=4)
+    data = labeler_online.OnlineSamples(samples, 32, seed=3)
+    first = data[2]
+    assert first[0].shape == (32, 32, 3) and first[0].dtype == torch.uint8 and first[1].shape == (32, 32)
+    torch.manual_seed(123)
+    assert torch.equal(data[2][0], first[0]) and torch.equal(data[2][1], first[1]), "independent of global RNG"
+    data.epoch = 1
+    assert not torch.equal(data[2][0], first[0]), "a new epoch draws new augmentations"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(data))._table is None, "workers map the file themselves"
+
+
+def test_online_training_is_resumable_independent_of_workers_and_records_bad_images(tmp_path):
+    samples, _ = _online_samples(tmp_path, n=8, broken=(3,))
+    config = LabelerConfig(input_size=32, epochs=3, warmup_epochs=1, batch_size=4, hidden=16)
+    failures = []
+
+    def train(workers, **kw):
+        return labeler_online.train_online(
+            samples,
+            _conv_extractor(),
+            config,
+            num_classes=2,
+            num_workers=workers,
+            progress=False,
+            on_error=lambda row, reason: failures.append((row["image_id"], reason)),
+            **kw,
+        )
+
+    full = train(0)
+    assert failures and {f[0] for f in failures} == {"img3"} and "not a recognised image" in failures[0][1]
+    assert len(failures) == 3, "reported every epoch it is drawn (the build records it once)"
+    ckpt = tmp_path / "head.safetensors"
+    original_fit = labeler_online.fit
+
+    def stopped_after_one_epoch(head, cfg, epoch_batches, steps, **kw):
+        def batches(epoch):
+            if epoch == 1:
+                raise KeyboardInterrupt
+            return epoch_batches(epoch)
+
+        return original_fit(head, cfg, batches, steps, **kw)
+
+    labeler_online.fit = stopped_after_one_epoch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(2, checkpoint=ckpt, checkpoint_seconds=0)
+    finally:
+        labeler_online.fit = original_fit
+    resumed = train(2, checkpoint=ckpt, resume=True)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_label_map_is_relabel_format_and_follows_the_cells(tmp_path):
@@ -243,3 +321,72 @@ def test_label_map_is_relabel_format_and_follows_the_cells(tmp_path):
     top = logits.topk(5)
     np.testing.assert_allclose(out[0, :, 2, 11], top.values.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out[1, :, 2, 11], top.indices.numpy().astype(np.float32))
+
+
+def test_config_validates_the_authors_settings():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        LabelerConfig(pooling="max")
+    with pytest.raises(ValueError, match="needs training 'online'"):
+        LabelerConfig(training="cached", pooling="logits")
+    for name in ("training", "patch_rule", "drop_rule"):
+        with pytest.raises(ValueError, match=name):
+            LabelerConfig(**{name: "nope"})
+
+
+def test_bilinear_patch_rule_samples_the_patch_centres():
+    # 8 x 8 mask onto a 2 x 2 grid: bilinear (half-pixel centres, no antialiasing) reads source coordinate
+    # (i + 0.5) * 4 - 0.5 = 1.5 or 5.5, i.e. the mean of pixels 1-2 (patch 0) or 5-6 (patch 1) along each axis.
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[0, 2, 6] = True  # touches the sample points of patch (0, 1)
+    masks[1, 0, 0] = True  # overlaps patch (0, 0) but no sample point: falls back to its best-covered patch
+    masks[2, 4:, :4] = True  # half of patch (1, 0) ... and its sample points (5-6, 1-2)
+    masks[2, 3, 3] = True  # not a sample point of patch (0, 0)
+    grid = labeler.masks_to_grid(masks, (2, 2), rule="bilinear")
+    assert grid[0].tolist() == [[False, True], [False, False]]
+    assert grid[1].tolist() == [[True, False], [False, False]]
+    assert grid[2].tolist() == [[False, False], [True, False]]
+    assert not grid[3].any()
+    area = labeler.masks_to_grid(masks, (2, 2))  # our rule: a quarter-pixel fraction is not half a patch
+    assert area[0].tolist() == [[False, True], [False, False]] and area[2].tolist() == [[False, False], [True, False]]
+
+
+def test_bernoulli_patch_dropout_and_the_authors_fallback():
+    grid = torch.zeros(3, 16, 16, dtype=torch.bool)
+    grid[0] = True  # 256 foreground patches
+    grid[1, 3, 3] = True  # one patch, certain to be dropped at rate 0.999
+    kept = labeler.drop_patches(grid, 0.25, torch.Generator().manual_seed(1), "bernoulli")
+    assert 0.6 < kept[0].float().mean() < 0.9 and kept[0].sum() != 192, "each patch on its own, not exactly 25%"
+    draws = torch.rand(3, 256, generator=torch.Generator().manual_seed(1))  # the same draws, read independently
+    np.testing.assert_array_equal(kept[0].flatten().numpy(), (draws[0] < 0.75).numpy())
+    gone = labeler.drop_patches(grid, 0.999, torch.Generator().manual_seed(0), "bernoulli")
+    assert gone[1].all() and gone[2].all(), "a mask left with no patch pools the whole image"
+    assert labeler.drop_patches(grid, 0.999, torch.Generator().manual_seed(0))[1].sum() == 1, "ours keeps one"
+
+
+def test_pooled_logits_features_versus_logits():
+    torch.manual_seed(0)
+    head = labeler.LabelerHead(3, 8, 5, dropout=0.0).eval()
+    tokens = torch.randn(4, 3)
+    weights = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    got_features = labeler.pooled_logits(head, tokens, weights, "features")
+    got_logits = labeler.pooled_logits(head, tokens, weights, "logits")
+    for b, idx in enumerate([[0, 2], [0, 1, 2, 3]]):
+        torch.testing.assert_close(got_features[b], head(tokens[idx].mean(0)))
+        torch.testing.assert_close(got_logits[b], torch.stack([head(tokens[i]) for i in idx]).mean(0))
+    assert not torch.allclose(got_features, got_logits), "the head is not linear: the two differ"
+    batched = labeler.pooled_logits(head, tokens[None].expand(2, -1, -1), weights, "logits")
+    torch.testing.assert_close(batched, got_logits)
+
+
+def test_label_image_pools_logits_when_asked():
+    torch.manual_seed(0)
+    head = labeler.LabelerHead(8, 16, 1000).eval()
+    feats = torch.randn(4, 4, 8)
+    masks = np.zeros((1, 40, 40), bool)
+    masks[0, :20, :20] = True  # the top-left 2 x 2 patches
+    out = labeler.label_image(head, feats, masks, LabelerConfig(pooling="logits", top_k=3))
+    per_patch = head(feats.reshape(16, 8))
+    region = torch.softmax(head(feats[:2, :2].reshape(4, 8)).mean(0), 0)
+    whole = torch.softmax(per_patch.mean(0), 0)
+    np.testing.assert_allclose(out.mask_scores[0], region.topk(3).values.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out.global_scores, whole.topk(3).values.detach().numpy(), rtol=1e-5)
