@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -50,3 +52,24 @@ def test_configs_command_prints_the_preset():
     ]
     assert lines[1].split("\t")[-1] == "off"  # dinov3_b16: no CRF (Supp. A.2)
     assert CliRunner().invoke(main, ["configs", "nope"]).exit_code != 0
+
+
+def test_build_profiles_set_their_settings_and_explicit_ones_win():
+    from multilabel_imagenet.builder.settings import BuildConfig
+
+    paper = BuildConfig()
+    assert paper.profile == "paper" and paper.resample == "bilinear" and paper.select_mode == "paper"
+    assert paper.labeler_config().training == "online" and paper.labeler_config().pooling == "features"
+    authors = BuildConfig.from_dict({"profile": "authors"})
+    lab = authors.labeler_config()
+    assert (authors.resample, authors.select_mode) == ("cv2_linear", "authors")
+    assert (lab.pooling, lab.patch_rule, lab.drop_rule, lab.training) == ("logits", "bilinear", "bernoulli", "online")
+    mixed = BuildConfig.from_dict({"profile": "authors", "resample": "bilinear", "labeler": {"pooling": "features"}})
+    assert mixed.resample == "bilinear" and mixed.labeler_config().pooling == "features"
+    assert mixed.labeler_config().drop_rule == "bernoulli" and mixed.select_mode == "authors"
+    assert BuildConfig.from_dict(json.loads(authors.dumps("json"))) == authors
+    demo = BuildConfig.preset("synthetic").with_profile("authors")
+    assert demo.labeler_config().backbone == "colour-texture" and demo.labeler_config().pooling == "logits"
+    assert demo.with_profile("paper").labeler_config().pooling == "features"
+    with pytest.raises(ValueError, match="profile must be one of"):
+        BuildConfig.from_dict({"profile": "cutler"})

@@ -146,3 +146,50 @@ def test_iter_selections_records_missing_maps_and_goes_on(tmp_path):
         assert failure is None
         primary = max(range(len(scene.objects)), key=lambda i: scene.objects[i].area)
         assert [s.mask_indices for s in samples] == [(primary,)], "the ground-truth object of the label is chosen"
+
+
+def test_linear_resize_matrix_is_cv2_inter_linear_by_hand():
+    # 6 -> 4: source coordinates (d + 0.5) * 1.5 - 0.5 = 0.25, 1.75, 3.25, 4.75.
+    expected = np.zeros((4, 6))
+    expected[0, [0, 1]] = [0.75, 0.25]
+    expected[1, [1, 2]] = [0.25, 0.75]
+    expected[2, [3, 4]] = [0.75, 0.25]
+    expected[3, [4, 5]] = [0.25, 0.75]
+    np.testing.assert_allclose(relabel_maps.linear_resize_matrix(6, 4), expected)
+    # 3 -> 4 (enlarging): -0.125 reads pixel 0 alone, 2.125 (past the last pixel) pixel 2 alone.
+    expected = np.array([[1, 0, 0], [0.375, 0.625, 0], [0, 0.625, 0.375], [0, 0, 1]])
+    np.testing.assert_allclose(relabel_maps.linear_resize_matrix(3, 4), expected)
+    # 30 -> 15 is the 2 x 2 block mean (cv2 switches to INTER_AREA there: the same numbers).
+    np.testing.assert_allclose(relabel_maps.linear_resize_matrix(30, 15), np.kron(np.eye(15), [[0.5, 0.5]]))
+
+
+def test_cv2_linear_scoring_weights_cells_by_the_resized_mask():
+    rng = np.random.default_rng(3)
+    label_map = _random_map(rng)
+    h, w = 45, 60  # 3 and 4 pixels per cell: rows sample 1.0 + 3r, columns 1.5 + 4c
+    masks = np.zeros((2, h, w), bool)
+    masks[0, 0:6, 0:12] = True  # rows 0-5 hold samples 1 and 4 (cells 0, 1); columns 0-11 cells 0-2
+    masks[1, 0, 0] = True  # between the sample points: vanishes
+    resized = np.zeros((15, 15))
+    resized[:2, :3] = 1.0  # by hand: every sample of cells (0-1, 0-2) reads inside the mask
+    logits = np.einsum("rc,krc->k", resized / resized.sum(), relabel_maps.dense_logits(label_map))
+    expected = torch.softmax(torch.from_numpy(logits), 0).numpy()
+    probs = relabel_maps.score_proposals(label_map, masks, "cv2_linear")
+    np.testing.assert_allclose(probs[0], expected, atol=1e-6)
+    assert not probs[1].any() and relabel_maps.vanished(probs) == [1]
+    assert relabel_maps.select_samples(probs, int(probs[0].argmax()), tau_sel=0.0)[0].mask_indices == (0,)
+
+
+def test_vanished_masks_are_recorded_and_the_others_selected(tmp_path):
+    scene = synthetic.make_scene(0)
+    path = f"{scene.image_id.split('_')[0]}/{scene.image_id}.JPEG"
+    target = relabel_maps.map_path(tmp_path, path)
+    target.parent.mkdir(parents=True)
+    torch.save(torch.from_numpy(synthetic.relabel_map(scene)), target)
+    masks = np.stack([o.mask for o in scene.objects] + [np.zeros_like(scene.objects[0].mask)])
+    masks[-1, 0, 0] = True
+    ((_, samples, failure),) = relabel_maps.iter_selections(
+        [(scene.image_id, path, scene.label, masks)], tmp_path, resample="cv2_linear"
+    )
+    assert failure is not None and f"proposals [{len(masks) - 1}] vanish" in failure.reason
+    assert samples and all(len(masks) - 1 not in s.mask_indices for s in samples)

@@ -13,7 +13,6 @@ import json
 import math
 import multiprocessing
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -25,11 +24,21 @@ import torch
 from tqdm import tqdm
 
 from multilabel_imagenet import images
-from multilabel_imagenet.builder import backbones, labeler, listing, maskcut, relabel_maps, shards
+from multilabel_imagenet.builder import (
+    backbones,
+    labeler,
+    labeler_online,
+    labeler_train,
+    listing,
+    maskcut,
+    relabel_maps,
+    shards,
+)
 from multilabel_imagenet.builder.loaders import discover_records, label_records, labeler_features
 from multilabel_imagenet.builder.package import ERRORS_JSONL, package
 from multilabel_imagenet.builder.settings import (
     CHECKPOINT,
+    LABELER_ERRORS,
     RUNTIME_SETTINGS,
     SHARDED_STAGES,
     STAGES,
@@ -269,10 +278,58 @@ class Build:
         return rows
 
     def train_labeler(self) -> Path:
-        """Pool the selected samples' features (cached per shard), then train the head (resumable)."""
+        """Train the labeler's head on the selected samples, resumably: online with augmentation from a samples
+        file of the work directory, or on features pooled once per shard (``labeler.training``)."""
         if self.inputs.split != "train":
             raise ValueError("train-labeler runs on the train split; a validation build reuses its checkpoint")
         lab = self.config.labeler_config()
+        folder = self.inputs.work_dir / "labeler"
+        folder.mkdir(parents=True, exist_ok=True)
+        errors = _LabelerErrors(self.inputs.work_dir / LABELER_ERRORS)
+        extractor = self._extractor(lab.backbone, "patch")
+        checkpoint = self.inputs.work_dir / CHECKPOINT
+        common = dict(checkpoint=checkpoint, resume=True, log=folder / "train_log.jsonl", progress=self.progress)
+        if lab.training == "online":
+            samples = folder / "samples.arrow"
+            if not samples.is_file():  # streamed in one shard at a time; the selection never changes in a work dir
+                labeler_online.write_samples(samples, map(self._online_samples, range(len(self.shards))))
+            labeler_online.train_online(
+                samples,
+                extractor,
+                lab,
+                device=self.device,
+                num_workers=self.config.num_workers,
+                on_error=lambda row, reason: errors.add(row["image_id"], row["path"], reason),
+                **common,
+            )
+        else:
+            labeler_train.train_from_cache(
+                self._feature_cache(lab, extractor, errors), lab, device=self.device, **common
+            )
+        return checkpoint
+
+    def _online_samples(self, i: int) -> list[dict]:
+        """The labeler samples of shard ``i`` as rows of :data:`labeler_online.SAMPLES_SCHEMA`."""
+        chosen = {r["image_id"]: r.get("samples", []) for r in self.stage("select").read(i)}
+        by_path = {r.path: r for r in self.shards[i]}
+        return [
+            {
+                "image_id": r["image_id"],
+                "path": str(by_path[r["path"]].full_path),
+                "height": r["height"],
+                "width": r["width"],
+                "label": s["class"],
+                "masks": [r["proposals"][j]["counts"] for j in s["masks"]],
+            }
+            for r in self.stage("discover").read(i)
+            if "error" not in r
+            for s in chosen.get(r["image_id"], [])
+        ]
+
+    def _feature_cache(
+        self, lab: labeler.LabelerConfig, extractor: backbones.Extractor, errors: _LabelerErrors
+    ) -> labeler_train.FeatureCache:
+        """The selected samples' pooled features, computed once per shard into ``labeler/cache/``."""
         found, chosen = self.stage("discover"), self.stage("select")
         cache_dir = self.inputs.work_dir / "labeler" / "cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -284,41 +341,29 @@ class Build:
                 by_path = {r.path: r for r in self.shards[i]}
                 items = []
                 records = [by_path[r["path"]] for r in rows]
-                extractor = self._extractor(lab.backbone, "patch")
                 batch, workers = self.config.batch_size, self.config.num_workers
                 for j, tokens in labeler_features(records, extractor, lab, self.device, batch, workers):
                     if isinstance(tokens, str):  # decoded in discover, not now: the file changed since
-                        warnings.warn(
-                            f"{records[j].full_path}: {tokens}; its labeler samples are left out", stacklevel=2
-                        )
+                        errors.add(rows[j]["image_id"], str(records[j].full_path), tokens)
                     else:
                         samples = [(s["masks"], s["class"]) for s in samples_by_id[rows[j]["image_id"]]]
                         items.append((tokens, torch.from_numpy(_masks(rows[j])), samples))
                     bar.update(1)
                 if items:
-                    labeler.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(
+                    labeler_train.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(
                         cache_dir / f"shard-{i:05d}.safetensors.tmp"
                     )
                     (cache_dir / f"shard-{i:05d}.safetensors.tmp").replace(cache_dir / f"shard-{i:05d}.safetensors")
                 else:  # an empty file marks a shard without samples as done
                     (cache_dir / f"shard-{i:05d}.safetensors").write_bytes(b"")
         parts = [
-            labeler.FeatureCache.load(p) for p in sorted(cache_dir.glob("shard-*.safetensors")) if p.stat().st_size > 0
+            labeler_train.FeatureCache.load(p)
+            for p in sorted(cache_dir.glob("shard-*.safetensors"))
+            if p.stat().st_size > 0
         ]
         if not parts:
             raise ValueError("no labeler training samples were selected in any shard")
-        cache = labeler.FeatureCache(torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts]))
-        checkpoint = self.inputs.work_dir / CHECKPOINT
-        labeler.train_from_cache(
-            cache,
-            lab,
-            checkpoint=checkpoint,
-            resume=True,
-            log=self.inputs.work_dir / "labeler" / "train_log.jsonl",
-            device=self.device,
-            progress=self.progress,
-        )
-        return checkpoint
+        return labeler_train.FeatureCache(torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts]))
 
     def checkpoint(self) -> Path:
         path = self.inputs.labeler_checkpoint or self.inputs.work_dir / CHECKPOINT
@@ -397,6 +442,22 @@ class Build:
         if timing:
             lines.append(f"  time per stage: {timing}")
         return "\n".join(lines)
+
+
+class _LabelerErrors:
+    """Images that failed while the labeler trained, each appended once to ``labeler/errors.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        self.seen = {json.loads(line)["image_id"] for line in lines}
+
+    def add(self, image_id: str, path: str, reason: str) -> None:
+        if image_id not in self.seen:
+            self.seen.add(image_id)
+            entry = {"stage": "train-labeler", "image_id": image_id, "path": path, "reason": reason}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(shards.dumps(entry) + "\n")
 
 
 def _discover_counts(row: dict) -> dict[str, int]:

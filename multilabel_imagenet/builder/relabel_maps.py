@@ -11,6 +11,13 @@ The average is exact without materialising the upsampled map: upsampling is line
 is a weighted sum of cells with weights ``R_y^T M R_x / |M|`` for the 1-D interpolation matrices ``R_y`` and
 ``R_x``. So a mask smaller than a cell never "vanishes" at 15 x 15.
 
+``resample="cv2_linear"`` reproduces the authors' code (``code/labeler/mask_level_relabel.py``): the map is
+not upsampled; the mask is resized to 15 x 15 as ``cv2.resize(mask, (15, 15), interpolation=INTER_LINEAR)``
+does (bilinear point sampling at half-pixel centres, no antialiasing: each cell reads at most 2 x 2 pixels)
+and the cells are weighted by the resized mask. A small mask can fall between the sample points and vanish;
+the authors' division by its zero sum gives NaN. Here such a mask scores 0 on every class (never selected)
+and :func:`iter_selections` records it.
+
 Selection (paper Supp. B.1): a proposal becomes a labeler training sample for the image's label when its
 ReLabel probability on that label exceeds tau_sel = 0.75. The authors' code differs (REFERENCE.md section 2);
 ``mode="authors"`` reproduces it: ReLabel top-1 class with probability >= tau_sel, same-class confident masks
@@ -34,7 +41,7 @@ GRID = 15
 TOPK = 5
 TAU_SELECT = 0.75
 """tau_sel of the paper, Supp. B.1."""
-RESAMPLE_MODES = ("bilinear", "nearest")
+RESAMPLE_MODES = ("bilinear", "nearest", "cv2_linear")
 SELECT_MODES = ("paper", "authors")
 
 
@@ -95,8 +102,26 @@ def _interpolation_matrix(size: int, mode: str) -> torch.Tensor:
     return weights[0].T
 
 
+def linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] weights of ``cv2.resize(..., INTER_LINEAR)`` along one axis: output position d reads
+    source coordinate (d + 0.5) * size_in / size_out - 0.5 between its two neighbouring pixels; a coordinate
+    before the first pixel reads the first, one at or past the last pixel reads the last."""
+    src = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    left = np.floor(src).astype(np.int64)
+    frac = src - left
+    frac[left < 0], left[left < 0] = 0.0, 0
+    last = left >= size_in - 1
+    frac[last], left[last] = 0.0, size_in - 1
+    weights = np.zeros((size_out, size_in))
+    rows = np.arange(size_out)
+    np.add.at(weights, (rows, left), 1.0 - frac)
+    np.add.at(weights, (rows, np.minimum(left + 1, size_in - 1)), frac)
+    return weights
+
+
 def mask_cell_weights(masks: np.ndarray, mode: str = "bilinear") -> np.ndarray:
-    """[M, 15, 15] weights that average the upsampled map over each of the [M, H, W] masks (each sums to 1)."""
+    """[M, 15, 15] weights that average the map over each of the [M, H, W] masks (each sums to 1); with
+    ``cv2_linear`` a mask that vanishes at 15 x 15 has all-zero weights."""
     if mode not in RESAMPLE_MODES:
         raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
     masks = np.asarray(masks, dtype=bool)
@@ -105,18 +130,31 @@ def mask_cell_weights(masks: np.ndarray, mode: str = "bilinear") -> np.ndarray:
     areas = masks.reshape(len(masks), -1).sum(1)
     if (areas == 0).any():
         raise ValueError(f"masks {np.flatnonzero(areas == 0).tolist()} are empty and cannot be scored")
+    m = torch.from_numpy(masks).to(torch.float64)
+    if mode == "cv2_linear":
+        ry, rx = (torch.from_numpy(linear_resize_matrix(n, GRID)) for n in masks.shape[1:])
+        resized = torch.einsum("rh,mhw,cw->mrc", ry, m, rx)
+        total = resized.sum((1, 2), keepdim=True)
+        return torch.where(total > 0, resized / total.clamp(min=1e-300), 0.0).float().numpy()
     ry = _interpolation_matrix(masks.shape[1], mode)
     rx = _interpolation_matrix(masks.shape[2], mode)
-    m = torch.from_numpy(masks).to(torch.float64)
     weights = torch.einsum("hr,mhw,wc->mrc", ry, m, rx) / torch.from_numpy(areas)[:, None, None]
     return weights.float().numpy()
 
 
 def score_proposals(label_map: np.ndarray, masks: np.ndarray, mode: str = "bilinear") -> np.ndarray:
-    """ReLabel probabilities [M, 1000] of each mask: softmax of the map's logits averaged over the mask."""
+    """ReLabel probabilities [M, 1000] of each mask: softmax of the map's logits averaged over the mask; a mask
+    that vanishes (``cv2_linear`` only, see :func:`vanished`) scores 0 on every class."""
     weights = mask_cell_weights(masks, mode).reshape(len(masks), GRID * GRID)
     logits = weights @ dense_logits(label_map).reshape(classes.NUM_CLASSES, GRID * GRID).T
-    return torch.softmax(torch.from_numpy(logits).double(), dim=1).float().numpy()
+    probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).float().numpy()
+    probs[~weights.any(1)] = 0.0
+    return probs
+
+
+def vanished(probs: np.ndarray) -> list[int]:
+    """The masks :func:`score_proposals` could not score (all-zero rows)."""
+    return np.flatnonzero(~np.asarray(probs).any(1)).tolist()
 
 
 @dataclass(frozen=True)
@@ -182,7 +220,8 @@ def iter_selections(
     """For ``(image_id, image_path, label, masks [M, H, W])`` items, yield ``(image_id, samples, failure)``.
 
     A missing or malformed map yields a failure and no samples; the run goes on. An image without proposals
-    yields no samples (plus the full-image sample when ``add_full_image``)."""
+    yields no samples (plus the full-image sample when ``add_full_image``). Masks that vanish at 15 x 15
+    (``resample="cv2_linear"``) yield a failure naming them, beside the samples of the other masks."""
     for image_id, image_path, label, masks in items:
         try:
             label_map = read_map(map_path(maps_root, image_path))
@@ -190,4 +229,9 @@ def iter_selections(
             yield image_id, [], SelectionFailure(image_id, image_path, err.reason)
             continue
         probs = score_proposals(label_map, masks, resample) if len(masks) else np.zeros((0, classes.NUM_CLASSES))
-        yield image_id, select_samples(probs, label, tau_sel, mode, add_full_image), None
+        lost = vanished(probs)
+        failure = None
+        if lost:
+            reason = f"proposals {lost} vanish when resampled to {GRID} x {GRID} ({resample}) and are not scored"
+            failure = SelectionFailure(image_id, image_path, reason)
+        yield image_id, select_samples(probs, label, tau_sel, mode, add_full_image), failure

@@ -1,13 +1,15 @@
 """What a build is: every parameter (:class:`BuildConfig`), where things are (:class:`BuildInputs`), the stages.
 
 Configuration is one :class:`BuildConfig` (YAML or JSON file); ``BuildConfig.preset("paper")`` holds the
-paper's defaults and ``"synthetic"`` the weight-free demo on the bundled synthetic scenes.
+paper's defaults and ``"synthetic"`` the weight-free demo on the bundled synthetic scenes. ``profile``
+(:data:`PROFILES`) sets, at once, every setting where the authors' released code differs from the paper's
+text: ``paper`` (the default) or ``authors``; settings given explicitly beside it win.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +24,25 @@ SHARDED_STAGES = ("discover", "select", "label")
 RUNTIME_SETTINGS = ("num_workers", "crf_workers", "cpu_threads")
 """Settings that change how fast a build runs, never its results: a work directory may resume with others."""
 CHECKPOINT = "labeler/head.safetensors"
+LABELER_ERRORS = "labeler/errors.jsonl"
+"""Images that failed to decode while the labeler trained (one JSON line per image)."""
+PROFILES: dict[str, dict] = {
+    "paper": {
+        "resample": "bilinear",
+        "select_mode": "paper",
+        "labeler": {"pooling": "features", "patch_rule": "area", "drop_rule": "count"},
+    },
+    # github jchen175/MultiLabel-ImageNet, code/labeler: mask_level_relabel.py lines 66-68 (the mask resized to
+    # 15 x 15 by cv2's INTER_LINEAR), the dataset's top-1 >= tau grouping by class, train_labeler.py line 90
+    # (pool_first off: logits pooled), the bilinear mask resize then util.py line 80 (mask.bool()), util.py
+    # lines 89-99 (Bernoulli patch dropout, empty -> whole image); the script trains online.
+    "authors": {
+        "resample": "cv2_linear",
+        "select_mode": "authors",
+        "labeler": {"pooling": "logits", "patch_rule": "bilinear", "drop_rule": "bernoulli", "training": "online"},
+    },
+}
+"""What each profile sets; docs/build.md ("Profiles") says why."""
 AMBIGUITY_JSON = "metadata/ambiguity.json"
 
 
@@ -30,6 +51,7 @@ class BuildConfig:
     """Every parameter of a build. Defaults are the paper's (``preset="paper"``)."""
 
     version: str = "1.0.0"
+    profile: str = "paper"  # PROFILES: the paper's text, or the authors' released code where they differ
     maskcut_preset: str = "paper"  # the four configurations of Supp. A.2
     maskcut: list[dict] = field(default_factory=list)  # explicit configurations; replace the preset when given
     solver: str = "fast"  # normalised cut: "exact" (published, float64) or "fast" (batched torch)
@@ -54,6 +76,7 @@ class BuildConfig:
             "select_mode": relabel_maps.SELECT_MODES,
             "resample": relabel_maps.RESAMPLE_MODES,
             "ambiguity_calibration": ("real", "none"),
+            "profile": tuple(PROFILES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -78,15 +101,26 @@ class BuildConfig:
             )
         raise ValueError(f"unknown build preset {name!r}; known: paper, synthetic")
 
+    def with_profile(self, name: str) -> BuildConfig:
+        """This configuration with every setting of profile ``name`` (:data:`PROFILES`) applied."""
+        if name not in PROFILES:
+            raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {name!r}")
+        settings = dict(PROFILES[name])
+        labeler = {**self.labeler, **settings.pop("labeler")}
+        return replace(self, profile=name, labeler=asdict(LabelerConfig.from_dict(labeler)), **settings)
+
     @classmethod
     def from_dict(cls, data: dict) -> BuildConfig:
+        """A configuration from its settings: those not given take their ``profile``'s value (default
+        ``paper``), then the defaults; the labeler's settings are completed the same way."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown build settings {sorted(unknown)}; known: {sorted(known)}")
-        config = cls(**data)
-        config.labeler_config()  # validate the nested settings now
-        config.maskcut_configs()
+        profile = dict(PROFILES.get(data.get("profile", "paper"), {}))
+        labeler = {**profile.pop("labeler", {}), **data.get("labeler", {})}
+        config = cls(**{**profile, **data, "labeler": asdict(LabelerConfig.from_dict(labeler))})
+        config.maskcut_configs()  # validate the nested settings now
         return config
 
     @classmethod
