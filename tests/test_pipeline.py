@@ -369,3 +369,41 @@ def test_package_records_an_image_that_failed_to_be_labelled(reference, config_f
     for config in ("labels", "proposals"):
         ids = load_dataset(str(out), config, split="train")["image_id"]
         assert len(ids) == 7 and rows[1]["image_id"] not in ids
+
+
+def test_train_labeler_online_and_cached_record_images_that_no_longer_decode(scenes, config_file, tmp_path):
+    """Online (the paper, default) streams the selected samples into one file and trains on augmented images;
+    cached pools features once. Either records an image that decoded at discover but not now, once."""
+    import pyarrow as pa
+
+    from multilabel_imagenet.builder import labeler
+
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    config = settings.BuildConfig.load(config_file)
+    assert config.labeler_config().training == "online"
+    inputs = settings.BuildInputs(copy / "train", "train", tmp_path / "out", tmp_path / "work", copy / "relabel_maps")
+    build = pipeline.Build(inputs, config, progress=False)
+    build.run(("discover", "select"))
+    chosen = [r for i in range(3) for r in build.stage("select").read(i) if r["samples"]]
+    victim = next(r for r in build.records if r.image_id == chosen[0]["image_id"])
+    victim.full_path.write_bytes(victim.full_path.read_bytes()[:300])
+    build.train_labeler()
+    work = tmp_path / "work"
+    samples = pa.ipc.open_file(pa.memory_map(str(work / "labeler" / "samples.arrow"))).read_all()
+    assert samples.num_rows == sum(len(r["samples"]) for r in chosen) and not (work / "labeler" / "cache").exists()
+    log = (work / "labeler" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == config.labeler_config().epochs
+    errors = [json.loads(line) for line in (work / settings.LABELER_ERRORS).read_text().splitlines()]
+    assert [(e["stage"], e["image_id"]) for e in errors] == [("train-labeler", victim.image_id)]
+
+    cached = replace(config, labeler=config.labeler | {"training": "cached"})
+    for stage in ("discover", "select"):
+        shutil.copytree(work / stage, tmp_path / "work-cached" / stage)
+    inputs = replace(inputs, work_dir=tmp_path / "work-cached")
+    pipeline.Build(inputs, cached, progress=False).train_labeler()
+    assert (tmp_path / "work-cached" / "labeler" / "cache").is_dir()
+    errors = (tmp_path / "work-cached" / settings.LABELER_ERRORS).read_text().splitlines()
+    assert [json.loads(e)["image_id"] for e in errors] == [victim.image_id]
+    for folder, training in ((work, "online"), (tmp_path / "work-cached", "cached")):
+        assert labeler.load_checkpoint(folder / settings.CHECKPOINT)[1].training == training
