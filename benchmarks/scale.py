@@ -200,11 +200,12 @@ def generate(root: str, n_train: int, n_val: int, shard_size: int, pool: int, k:
 
 def _ambiguity(folder: Path):
     """The package's calibrated ambiguity fixes, or (without a validation split) ones calibrated on random sets."""
+    from multilabel_imagenet import targets
     from multilabel_imagenet.builder import aggregate
 
     path = folder / "metadata" / "ambiguity.json"
     if path.is_file():
-        return aggregate.Ambiguity.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return targets.Ambiguity.from_dict(json.loads(path.read_text(encoding="utf-8")))
     rng, pairs = np.random.default_rng(0), aggregate.table8_pairs()
     truth, scores = [], np.zeros((2000, 1000), np.float32)
     for i, (a, b) in enumerate(pairs[j] for j in rng.integers(0, len(pairs), 2000)):

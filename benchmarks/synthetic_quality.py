@@ -21,7 +21,8 @@ import numpy as np
 from datasets import load_dataset
 from pycocotools import mask as mask_utils
 
-from multilabel_imagenet.builder import aggregate, demo, synthetic
+from multilabel_imagenet import targets
+from multilabel_imagenet.builder import demo, synthetic
 
 
 def proposal_recall(folder: Path, ground_truth: Path, split: str) -> float:
@@ -65,10 +66,10 @@ def main() -> None:
                 dict(zip(rows["image_id"], rows["labels"], strict=True)), ground_truth
             )
         }
-        for scheme in aggregate.SCHEMES:
+        for scheme in targets.SCHEMES:
             predicted = {}
             for r in rows:
-                target = aggregate.dense_target(
+                target = targets.dense_target(
                     scheme, r["soft_classes"], r["soft_scores"], r["label"], r["global_classes"], r["global_scores"]
                 )
                 predicted[r["image_id"]] = np.flatnonzero(target > 0.5).tolist()

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, targets
 from multilabel_imagenet.builder import aggregate
-from multilabel_imagenet.builder.aggregate import Ambiguity
+from multilabel_imagenet.targets import Ambiguity
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "real" / "real.json"
 CAT, DOG, TENCH = 281, 207, 0
 
 
 def test_scheme_names_round_trip_and_errors():
-    assert aggregate.SCHEMES == (
+    assert targets.SCHEMES == (
         "local_soft",
         "local_soft+original",
         "local_soft+pred",
@@ -23,12 +23,12 @@ def test_scheme_names_round_trip_and_errors():
         "local_hard@0.5+original",
         "local_hard@0.5+pred",
     )
-    for name in aggregate.SCHEMES:
-        assert aggregate.parse_scheme(name).name == name
-    s = aggregate.parse_scheme("local_hard@0.3+pairs+original")
+    for name in targets.SCHEMES:
+        assert targets.parse_scheme(name).name == name
+    s = targets.parse_scheme("local_hard@0.3+pairs+original")
     assert (s.hard, s.tau, s.global_signal, s.ambiguity) == (True, 0.3, "original", "pairs")
-    assert aggregate.parse_scheme("local_hard").tau == 0.5
-    assert aggregate.DEFAULT_SCHEME == "local_soft+original"
+    assert targets.parse_scheme("local_hard").tau == 0.5
+    assert targets.DEFAULT_SCHEME == "local_soft+original"
     for bad, match in [
         ("global_soft", "unknown scheme"),
         ("local_hard@1.5", "threshold in"),
@@ -37,7 +37,7 @@ def test_scheme_names_round_trip_and_errors():
         ("local_soft+magic", "not allowed"),
     ]:
         with pytest.raises(ValueError, match=match):
-            aggregate.parse_scheme(bad)
+            targets.parse_scheme(bad)
 
 
 def test_paper_example_soft_and_hard():
@@ -45,26 +45,26 @@ def test_paper_example_soft_and_hard():
     soft_classes, soft_scores = aggregate.max_over_masks([[CAT, DOG], [DOG, CAT]], [[0.85, 0.05], [0.72, 0.1]])
     assert soft_classes.tolist() == [CAT, DOG] and soft_scores.tolist() == pytest.approx([0.85, 0.72])
     assert soft_classes.dtype == np.int16 and soft_scores.dtype == np.float32
-    soft = aggregate.dense_target("local_soft", soft_classes, soft_scores)
+    soft = targets.dense_target("local_soft", soft_classes, soft_scores)
     assert soft.shape == (1000,) and soft[CAT] == pytest.approx(0.85) and soft[DOG] == pytest.approx(0.72)
     assert np.count_nonzero(soft) == 2
-    hard = aggregate.dense_target("local_hard@0.8", soft_classes, soft_scores)
+    hard = targets.dense_target("local_hard@0.8", soft_classes, soft_scores)
     assert hard[CAT] == 1 and hard[DOG] == 0 and hard.sum() == 1
-    assert aggregate.dense_target("local_hard@0.85", soft_classes, soft_scores)[CAT] == 0, "strictly exceeds"
+    assert targets.dense_target("local_hard@0.85", soft_classes, soft_scores)[CAT] == 0, "strictly exceeds"
     assert aggregate.hard_labels(soft_classes, soft_scores, 0.8) == [CAT]
 
 
 def test_global_signals():
-    original = aggregate.dense_target("local_soft+original", [CAT], [0.85], label=TENCH)
+    original = targets.dense_target("local_soft+original", [CAT], [0.85], label=TENCH)
     assert original[TENCH] == 1 and original[CAT] == pytest.approx(0.85)
     with pytest.raises(ValueError, match="original label"):
-        aggregate.dense_target("local_soft+original", [CAT], [0.85])
-    pred = aggregate.dense_target(
+        targets.dense_target("local_soft+original", [CAT], [0.85])
+    pred = targets.dense_target(
         "local_hard@0.5+pred", [CAT, DOG], [0.85, 0.3], global_classes=[DOG, TENCH], global_scores=[0.6, 0.2]
     )
     assert pred[CAT] == 1 and pred[DOG] == pytest.approx(0.6) and pred[TENCH] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="whole-image prediction"):
-        aggregate.dense_target("local_soft+pred", [CAT], [0.85])
+        targets.dense_target("local_soft+pred", [CAT], [0.85])
 
 
 def test_torch_batch_matches_numpy_and_keeps_dtype():
@@ -93,12 +93,12 @@ def test_torch_batch_matches_numpy_and_keeps_dtype():
         global_classes=pad([r[3] for r in rows], -1, torch.long),
         global_scores=pad([r[4] for r in rows], 0.0, torch.float32),
     )
-    for scheme in aggregate.SCHEMES:
-        dense = aggregate.dense_targets_torch(scheme, **batch)
+    for scheme in targets.SCHEMES:
+        dense = targets.dense_targets_torch(scheme, **batch)
         for i, (c, s, label, gc, gs) in enumerate(rows):
-            expected = aggregate.dense_target(scheme, c, s, label, gc, gs)
+            expected = targets.dense_target(scheme, c, s, label, gc, gs)
             np.testing.assert_allclose(dense[i].numpy(), expected, rtol=0, atol=1e-7, err_msg=scheme)
-    half = aggregate.dense_targets_torch("local_soft", batch["soft_classes"], batch["soft_scores"].half())
+    half = targets.dense_targets_torch("local_soft", batch["soft_classes"], batch["soft_scores"].half())
     assert half.dtype == torch.float16
 
 
@@ -167,14 +167,14 @@ def test_no_upgrade_needed_gives_infinite_threshold_and_serialises():
 def test_prior_propagation_schemes():
     sunglass, sunglasses = aggregate.table8_pairs()[0]
     amb = Ambiguity([(sunglass, sunglasses)], [0.5], [math.inf], [math.inf])
-    y = aggregate.dense_target("local_soft+prior", [sunglass, CAT], [0.9, 0.4], ambiguity=amb)
+    y = targets.dense_target("local_soft+prior", [sunglass, CAT], [0.9, 0.4], ambiguity=amb)
     assert y[sunglasses] == pytest.approx(0.45) and y[sunglass] == pytest.approx(0.9) and y[CAT] == pytest.approx(0.4)
-    y = aggregate.dense_target("local_soft+prior", [sunglass, sunglasses], [0.9, 0.8], ambiguity=amb)
+    y = targets.dense_target("local_soft+prior", [sunglass, sunglasses], [0.9, 0.8], ambiguity=amb)
     assert y[sunglass] == 1.0 and y[sunglasses] == pytest.approx(1.0), "clipped to [0, 1]"
-    hard = aggregate.dense_target("local_hard@0.4+prior+original", [sunglass], [0.9], label=CAT, ambiguity=amb)
+    hard = targets.dense_target("local_hard@0.4+prior+original", [sunglass], [0.9], label=CAT, ambiguity=amb)
     assert hard[sunglass] == hard[sunglasses] == hard[CAT] == 1 and hard.sum() == 3
     with pytest.raises(ValueError, match="calibrated Ambiguity"):
-        aggregate.dense_target("local_soft+pairs", [sunglass], [0.9])
+        targets.dense_target("local_soft+pairs", [sunglass], [0.9])
 
 
 def test_calibrate_on_real_maps_validation_names_to_real():

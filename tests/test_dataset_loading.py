@@ -82,14 +82,14 @@ def test_damaged_folders_are_named(mini, tmp_path):
         loading.load(mini[1], "masks")
 
 
-@pytest.mark.parametrize("scheme", [*aggregate.SCHEMES, "local_hard@0.8+pred"])
+@pytest.mark.parametrize("scheme", [*targets.SCHEMES, "local_hard@0.8+pred"])
 def test_scheme_targets_match_aggregate(train, scheme):
     labels, _ = train
     data = training.TrainingDataset(labels, scheme)
     rows = labels.remove_columns("image")
     for i in range(len(data)):
         item, row = data[i], rows[i]
-        expected = aggregate.dense_target(
+        expected = targets.dense_target(
             scheme, row["soft_classes"], row["soft_scores"], row["label"], row["global_classes"], row["global_scores"]
         )
         assert item["target"].dtype == torch.float32 and item["target"].shape == (1000,)

@@ -3,8 +3,7 @@ the stored Local-Soft vector, Local-Hard label lists, and the Supp. E ambiguity 
 set (ReaL by default).
 
 The scheme grammar, :class:`Ambiguity` and the dense target construction live in :mod:`multilabel_imagenet.targets`
-(so that loading a dataset needs nothing from the builder); the names the builder and its callers use are
-re-exported here.
+(so that loading a dataset needs nothing from the builder).
 """
 
 from __future__ import annotations
@@ -18,33 +17,7 @@ from importlib import resources
 import numpy as np
 
 from multilabel_imagenet import classes
-from multilabel_imagenet.targets import (
-    DEFAULT_SCHEME,
-    DEFAULT_TAU,
-    SCHEMES,
-    Ambiguity,
-    Scheme,
-    dense_target,
-    dense_targets_torch,
-    parse_scheme,
-)
-
-__all__ = [
-    "DEFAULT_SCHEME",
-    "DEFAULT_TAU",
-    "SCHEMES",
-    "Ambiguity",
-    "Scheme",
-    "calibrate_ambiguity",
-    "calibrate_on_real",
-    "dense_target",
-    "dense_targets_torch",
-    "hard_labels",
-    "max_over_masks",
-    "parse_scheme",
-    "real_label_sets",
-    "table8_pairs",
-]
+from multilabel_imagenet.targets import DEFAULT_TAU, Ambiguity
 
 
 def max_over_masks(

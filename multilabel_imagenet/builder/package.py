@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, targets
 from multilabel_imagenet.builder import aggregate, labeler, shards
 from multilabel_imagenet.builder.settings import (
     AMBIGUITY_JSON,
@@ -178,7 +178,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
     return output
 
 
-def _calibrate_on_validation(output: Path) -> aggregate.Ambiguity:
+def _calibrate_on_validation(output: Path) -> targets.Ambiguity:
     """Supp. E's calibration on ReaL, from the validation labels just written (50k x 1000 scores at most)."""
     files = writer.read_build_json(output)["configs"]["labels"]["splits"]["validation"]["files"]
     table = pq.ParquetDataset([output / f["path"] for f in files]).read(
