@@ -3,7 +3,7 @@
 - :class:`RandomResizedCropWithBox` samples a crop as torchvision does and returns the crop box ``(x, y, w, h)``.
 - :func:`crop_fractions` and :func:`crop_local` give the fraction of each mask inside a box by intersecting its
   compressed RLE with the box's (pycocotools; masks whose bbox is inside or outside the box need no RLE work).
-- :func:`crop_aware_soft` is the sparse crop-aware Local-Soft of a crop.
+  :func:`crop_local` also gives the crop-aware Local-Soft in sparse form (each mask's scores times its fraction).
 """
 
 from __future__ import annotations
@@ -101,22 +101,6 @@ def crop_fractions(masks: Sequence[Mapping[str, Any]], box: tuple[int, int, int,
 def _weighted(fractions: np.ndarray, lengths: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Each mask's scores times its fraction inside the crop (products in float64, then float32)."""
     return (np.repeat(fractions.astype(np.float64), lengths) * scores.astype(np.float64)).astype(np.float32)
-
-
-def crop_aware_soft(masks: Sequence[Mapping[str, Any]], fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse Local-Soft of a crop: per class, the max over masks of (fraction inside the crop) x (mask score),
-    over the masks with some of their area inside; sorted by score (descending, ties by class index)."""
-    fractions = np.asarray(fractions)
-    lengths = np.array([len(m["classes"]) for m in masks], dtype=np.int64)
-    keep = np.repeat(fractions > 0.0, lengths)
-    cls = np.concatenate([np.asarray(m["classes"], dtype=np.int64) for m in masks] or [np.zeros(0, np.int64)])
-    scores = np.concatenate([np.asarray(m["scores"], dtype=np.float64) for m in masks] or [np.zeros(0)])
-    products = np.repeat(fractions.astype(np.float64), lengths) * scores
-    unique, inverse = np.unique(cls[keep], return_inverse=True)
-    best = np.zeros(len(unique))
-    np.maximum.at(best, inverse, products[keep])
-    order = np.lexsort((unique, -best))
-    return unique[order].astype(np.int16), best[order].astype(np.float32)
 
 
 def crop_local(masks: Mapping[str, Any], m0: int, m1: int, box: tuple[int, int, int, int]):

@@ -25,31 +25,36 @@ from multilabel_imagenet.dataset.columns import LabelRows, MaskSizeError, Propos
 from multilabel_imagenet.dataset.crops import RandomResizedCropWithBox, crop_local
 
 
-class _ItemBuilder:
-    """Turns a ``labels`` row (from :class:`.columns.LabelRows`) into a training item; shared by both datasets."""
+class _TargetItems:
+    """What both training datasets share: the options, checked once, and ``_item``, which turns a ``labels`` row
+    (from :class:`.columns.LabelRows`) into a training item (see :class:`TrainingDataset`)."""
 
     def __init__(
         self,
-        column_names: Sequence[str],
-        scheme: str,
-        transform: Callable[[Image.Image], Any] | None,
-        proposals: datasets.Dataset | None,
-        crop: RandomResizedCropWithBox | None,
-        target_dtype: torch.dtype,
-        ambiguity: targets.Ambiguity | None,
-        columns: Sequence[str],
+        labels: datasets.Dataset | datasets.IterableDataset,
+        scheme: str = targets.DEFAULT_SCHEME,
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        proposals: datasets.Dataset | None = None,
+        crop: RandomResizedCropWithBox | None = None,
+        target_dtype: torch.dtype = torch.float32,
+        ambiguity: targets.Ambiguity | None = None,
+        columns: Sequence[str] = (),
     ):
         self.scheme = targets.parse_scheme(scheme)
         if (crop is None) != (proposals is None):
             raise ValueError("crop-aware targets need both crop= and proposals=")
-        missing = [c for c in columns if c not in column_names]
+        missing = [c for c in columns if c not in labels.column_names]
         if missing:
-            raise ValueError(f"columns {missing} are not in the split; it has {list(column_names)}")
+            raise ValueError(f"columns {missing} are not in the split; it has {list(labels.column_names)}")
         if self.scheme.ambiguity is not None and ambiguity is None:
             raise ValueError(f"scheme {self.scheme.name!r} needs a calibrated Ambiguity (see calibrate_ambiguity)")
         self.proposals = None if proposals is None else Proposals(proposals)
+        if self.proposals is not None:
+            self.proposals.table.open()
         self.transform, self.crop = transform, crop
         self.target_dtype, self.ambiguity = target_dtype, ambiguity
+        self.labels, self.columns = labels, tuple(columns)
 
     def _image(self, row: Mapping[str, Any]) -> Image.Image | None:
         value = row.get("image")
@@ -66,7 +71,7 @@ class _ItemBuilder:
             )
         return image
 
-    def __call__(self, row: Mapping[str, Any], proposal_row: int = -1) -> dict[str, Any]:
+    def _item(self, row: Mapping[str, Any], proposal_row: int = -1) -> dict[str, Any]:
         """The item of ``row``; ``proposal_row`` is its proposals table row (crop-aware targets only)."""
         image = self._image(row)
         label = row["label"]
@@ -97,33 +102,12 @@ class _ItemBuilder:
         return item
 
 
-class _TargetItems:
-    """What both training datasets share: the item builder over a ``labels`` split (see :class:`TrainingDataset`)."""
-
-    def __init__(
-        self,
-        labels: datasets.Dataset | datasets.IterableDataset,
-        scheme: str = targets.DEFAULT_SCHEME,
-        transform: Callable[[Image.Image], Any] | None = None,
-        *,
-        proposals: datasets.Dataset | None = None,
-        crop: RandomResizedCropWithBox | None = None,
-        target_dtype: torch.dtype = torch.float32,
-        ambiguity: targets.Ambiguity | None = None,
-        columns: Sequence[str] = (),
-    ):
-        self._build = _ItemBuilder(
-            labels.column_names, scheme, transform, proposals, crop, target_dtype, ambiguity, columns
-        )
-        self.labels, self.columns = labels, tuple(columns)
-
-
 class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
     """Items ``{"image", "target", "label", "image_id"}`` from a ``labels`` split for a DataLoader.
 
     ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
     ``target_dtype``. With ``crop`` (a :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching
-    ``proposals`` split), the local part of the target is crop-aware (see :func:`.crops.crop_aware_soft`), ``transform``
+    ``proposals`` split), the local part of the target is crop-aware (see :func:`.crops.crop_local`), ``transform``
     runs on the crop and items carry the crop ``box``. Without an ``image`` column (no ImageNet root), items carry
     no image. ``columns`` names further columns to pass through; list columns come as numpy arrays in their
     stored dtype.
@@ -134,10 +118,7 @@ class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
         table, self._rows = table_rows(labels)
         self._read = LabelRows(labels, table.schema, self.columns)
         self._read.table.open()
-        proposals = self._build.proposals
-        self._proposal_rows = None if proposals is None else proposals.join(labels)
-        if proposals is not None:
-            proposals.table.open()
+        self._proposal_rows = None if self.proposals is None else self.proposals.join(labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -147,9 +128,9 @@ class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
             raise IndexError(f"index {index} is out of range for {len(self)} items")
         row = index % len(self) if self._rows is None else int(self._rows[index])
         proposal_row = -1
-        if self._build.proposals is not None:
+        if self.proposals is not None:
             proposal_row = row if self._proposal_rows is None else int(self._proposal_rows[row])
-        return self._build(self._read(row), proposal_row)
+        return self._item(self._read(row), proposal_row)
 
 
 class StreamingTrainingDataset(_TargetItems, torch.utils.data.IterableDataset):
@@ -160,19 +141,23 @@ class StreamingTrainingDataset(_TargetItems, torch.utils.data.IterableDataset):
     evenly.
     """
 
+    def __init__(self, labels: datasets.IterableDataset, *args, **kwargs):
+        super().__init__(labels, *args, **kwargs)
+        # built once here, before DataLoader workers fork, not per worker and epoch
+        self._index = None if self.proposals is None else self.proposals.index()
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         labels, worker = self.labels, torch.utils.data.get_worker_info()
         if worker is not None and worker.num_workers > 1:  # what datasets' own __iter__ does in a worker
             if worker.id >= labels.num_shards:
                 return
             labels = labels.shard(min(worker.num_workers, labels.num_shards), worker.id, contiguous=False)
-        proposals = self._build.proposals
-        index = None if proposals is None else proposals.index()
+        index = self._index
         for table in labels.with_format("arrow").iter(batch_size=1024):
             read = LabelRows(table, table.schema, self.columns)
             found = None if index is None else index.find(table.column("image_id"))
             for j in range(table.num_rows):
-                yield self._build(read(j), -1 if found is None else int(found[j]))
+                yield self._item(read(j), -1 if found is None else int(found[j]))
 
 
 def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
