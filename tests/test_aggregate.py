@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from multilabel_imagenet import classes, targets
 from multilabel_imagenet.builder import aggregate
@@ -65,41 +64,6 @@ def test_global_signals():
     assert pred[CAT] == 1 and pred[DOG] == pytest.approx(0.6) and pred[TENCH] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="whole-image prediction"):
         targets.dense_target("local_soft+pred", [CAT], [0.85])
-
-
-def test_torch_batch_matches_numpy_and_keeps_dtype():
-    rng = np.random.default_rng(0)
-    rows = []
-    for _ in range(16):
-        k = int(rng.integers(0, 6))
-        rows.append(
-            (
-                rng.choice(1000, k, replace=False),
-                rng.uniform(0, 1, k),
-                int(rng.integers(0, 1000)),
-                rng.choice(1000, 3, replace=False),
-                rng.uniform(0, 1, 3),
-            )
-        )
-
-    def pad(rows, fill, dtype):
-        width = max(len(r) for r in rows)
-        return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype)
-
-    batch = dict(
-        soft_classes=pad([r[0] for r in rows], -1, torch.long),
-        soft_scores=pad([r[1] for r in rows], 0.0, torch.float32),
-        labels=torch.tensor([r[2] for r in rows]),
-        global_classes=pad([r[3] for r in rows], -1, torch.long),
-        global_scores=pad([r[4] for r in rows], 0.0, torch.float32),
-    )
-    for scheme in targets.SCHEMES:
-        dense = targets.dense_targets_torch(scheme, **batch)
-        for i, (c, s, label, gc, gs) in enumerate(rows):
-            expected = targets.dense_target(scheme, c, s, label, gc, gs)
-            np.testing.assert_allclose(dense[i].numpy(), expected, rtol=0, atol=1e-7, err_msg=scheme)
-    half = targets.dense_targets_torch("local_soft", batch["soft_classes"], batch["soft_scores"].half())
-    assert half.dtype == torch.float16
 
 
 def test_table8_pairs_are_shipped_and_named_right():

@@ -134,6 +134,8 @@ def test_dtype_padding_and_range_errors():
     assert half.dtype == np.float16 and half[0, 3] == 0.5 and np.count_nonzero(half) == 1
     as_torch = targets.dense_targets_torch("local_soft", torch.tensor([[3, -1]]), torch.tensor([[0.5, 0.0]]).bfloat16())
     assert as_torch.dtype == torch.bfloat16 and as_torch[0, 3] == 0.5
+    as_half = targets.dense_targets_torch("local_soft", torch.tensor([[3, -1]]), torch.tensor([[0.5, 0.0]]).half())
+    assert as_half.dtype == torch.float16 and as_half[0, 3] == 0.5
     with pytest.raises(IndexError, match="outside 0..999"):
         targets.dense_targets("local_soft", np.array([[1000]]), np.array([[0.5]], dtype=np.float32))
     with pytest.raises(IndexError, match="must lie in 0..999"):
