@@ -88,12 +88,15 @@ class CutlerIndex:
             if candidates:
                 table = file.read_row_group(group, columns=["image_id", "row"])
                 rows += table["row"].filter(pc.is_in(table["image_id"], pa.array(candidates))).to_pylist()
+        if not rows:
+            return {}
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(self.image_row_groups)])
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
         groups = np.searchsorted(starts, rows, side="right") - 1
+        first, bounds = np.unique(groups, return_index=True)
         found = {}
-        for group in sorted(set(groups.tolist())):
-            local = [r - int(starts[group]) for r, g in zip(rows, groups, strict=True) if g == group]
-            table = file.read_row_group(group, columns=_IMAGE_COLUMNS).take(local)
+        for group, local in zip(first.tolist(), np.split(rows, bounds[1:]), strict=True):
+            table = file.read_row_group(group, columns=_IMAGE_COLUMNS).take(local - starts[group])
             found.update((record.image_id, record) for record in self._proposals(table))
         return found
 
