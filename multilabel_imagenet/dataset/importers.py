@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +21,7 @@ from PIL import Image
 
 from multilabel_imagenet import classes
 from multilabel_imagenet.dataset import schema
+from multilabel_imagenet.dataset.spool import IdHashes
 from multilabel_imagenet.dataset.writer import BuildInfo, file_sha256, read_build_json, write_dataset
 
 
@@ -90,11 +90,9 @@ def _tsv_rows(path: Path) -> Iterator[tuple[str, str, int, tuple[int, ...], tupl
             yield where, filename, label, idx, prob
 
 
-def _check_unique(path: Path, hashes: array) -> None:
-    """Raise naming the first line whose image repeats an earlier one; ``hashes`` (of every image id) is sorted."""
-    values = np.frombuffer(hashes, dtype=np.int64)
-    values.sort()
-    clashes = set(values[1:][values[1:] == values[:-1]].tolist())
+def _check_unique(path: Path, ids: IdHashes) -> None:
+    """Raise naming the first line whose image repeats an earlier one."""
+    clashes = ids.clashes()
     if not clashes:
         return
     seen: set[str] = set()
@@ -111,10 +109,10 @@ def read_tsv(path: str | Path, train_root: str | Path | None = None) -> Iterator
     sizes are read from the files' headers. Raises :class:`ImportFormatError` naming the line of anything malformed
     (a repeated image once the file has been read: the check keeps a hash per line, not the ids)."""
     path = Path(path)
-    hashes = array("q")
+    ids = IdHashes()
     for where, filename, label, idx, prob in _tsv_rows(path):
         image_id = PurePosixPath(filename).stem
-        hashes.append(hash(image_id))
+        ids.add(image_id)
         width = height = None
         if train_root is not None:
             image_path = Path(train_root) / filename
@@ -132,7 +130,7 @@ def read_tsv(path: str | Path, train_root: str | Path | None = None) -> Iterator
             soft_classes=idx,
             soft_scores=prob,
         )
-    _check_unique(path, hashes)
+    _check_unique(path, ids)
 
 
 def tsv_build_info(path: str | Path, version: str, train_root: str | Path | None = None) -> BuildInfo:

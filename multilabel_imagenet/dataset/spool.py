@@ -1,18 +1,18 @@
-"""Records of one config and split -> a validated, uncompressed Parquet spool, in memory bounded by a batch.
+"""Records of one config and split -> a validated, uncompressed Arrow IPC spool, in memory bounded by a batch.
 
 The writer cannot know how many shards a split gets before it has seen the whole split, and a split does not fit
 in memory at ImageNet scale (1.28M rows, several GB of RLE text). So records are validated and converted in
-batches of at most ``BATCH_ROWS`` rows and ``BATCH_BYTES`` of strings, each batch written to a spool file as one
-row group, while the statistics of build.json are counted. The spool is then cut into the published shards
-(:func:`.writer.write_config`). No Arrow array ever holds a whole split, so no 2 GiB offset limit applies.
-"""
+batches of at most ``BATCH_ROWS`` rows and ``BATCH_BYTES`` of strings, each batch appended to the spool file (no
+Parquet encoding to undo), while the statistics of build.json are counted. The spool is then cut into the
+published shards (:func:`.writer.write_config`). No Arrow array ever holds a whole split, so no 2 GiB offset
+limit applies."""
 
 from __future__ import annotations
 
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from multilabel_imagenet import classes
 from multilabel_imagenet.dataset import schema
@@ -58,12 +57,13 @@ def _check_size(width: int | None, height: int | None, where: str) -> None:
 
 
 def _check_labels(record: schema.ImageLabels, where: str) -> int:
+    """Validate; return the length of the record's path."""
     if record.label is not None and not 0 <= record.label < classes.NUM_CLASSES:
         raise DatasetWriteError(f"{where}: label {record.label} is outside 0..{classes.NUM_CLASSES - 1}")
     _check_size(record.width, record.height, where)
     _check_sparse(record.soft_classes, record.soft_scores, "soft_classes/soft_scores", where)
     _check_sparse(record.global_classes, record.global_scores, "global_classes/global_scores", where)
-    return 0
+    return len(record.path)
 
 
 def _check_proposals(record: schema.ImageProposals, where: str) -> int:
@@ -127,9 +127,24 @@ class _Statistics:
         }
 
 
+class IdHashes:
+    """Repeated image ids found in bounded memory: an 8-byte hash per id; only ids whose hashes clash need a look."""
+
+    def __init__(self):
+        self._hashes = array("q")
+
+    def add(self, image_id: str) -> None:
+        self._hashes.append(hash(image_id))
+
+    def clashes(self) -> set[int]:
+        """The hashes seen more than once (a repeated id, or rarely two ids of one hash)."""
+        values = np.sort(np.frombuffer(self._hashes, dtype=np.int64))
+        return set(values[1:][values[1:] == values[:-1]].tolist())
+
+
 @dataclass
 class Spool:
-    """A split's validated rows in ``path`` (one row group per batch), with its size and statistics."""
+    """A split's validated rows in ``path`` (an Arrow IPC file of record batches), with its size and statistics."""
 
     path: Path
     config: str
@@ -142,11 +157,12 @@ class Spool:
     def arrow_schema(self) -> pa.Schema:
         return schema.features(self.config).arrow_schema
 
-    def batches(self):
-        """The rows again, one Arrow table per spooled batch."""
-        spooled = pq.ParquetFile(self.path)
-        for i in range(spooled.num_row_groups):
-            yield spooled.read_row_group(i)
+    def batches(self) -> Iterator[pa.Table]:
+        """The rows again, one Arrow table per spooled batch, read one at a time."""
+        with pa.OSFile(str(self.path)) as f:
+            spooled = pa.ipc.open_file(f)
+            for i in range(spooled.num_record_batches):
+                yield pa.Table.from_batches([spooled.get_batch(i)])
 
 
 def spool(config: str, split: str, records: Iterable, path: Path) -> Spool:
@@ -158,9 +174,9 @@ def spool(config: str, split: str, records: Iterable, path: Path) -> Spool:
     out = Spool(path, config)
     stats = _Statistics()
     rows: list[dict] = []
-    id_hashes = array("q")  # 8 bytes per row, for the duplicate check
+    ids = IdHashes()
     text = 0
-    with pq.ParquetWriter(path, arrow_schema, compression="none") as spooled:
+    with pa.ipc.new_file(str(path), arrow_schema) as spooled:
 
         def flush() -> None:
             batch = pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
@@ -174,7 +190,7 @@ def spool(config: str, split: str, records: Iterable, path: Path) -> Spool:
             if not record.image_id:
                 raise DatasetWriteError(f"{where}: empty image_id")
             text += check(record, where) + len(record.image_id)
-            id_hashes.append(hash(record.image_id))
+            ids.add(record.image_id)
             rows.append(to_row(record))
             out.num_rows += 1
             if len(rows) == BATCH_ROWS or text >= BATCH_BYTES:
@@ -182,8 +198,7 @@ def spool(config: str, split: str, records: Iterable, path: Path) -> Spool:
                 text = 0
         if rows or out.num_rows == 0:
             flush()
-    hashes = np.sort(np.frombuffer(id_hashes, dtype=np.int64))
-    if np.any(hashes[1:] == hashes[:-1]):  # a repeated id, or (rarely) two ids of one hash: look at the ids
+    if ids.clashes():  # a repeated id, or (rarely) two ids of one hash: look at the ids
         _check_unique_ids(config, split, path)
     out.statistics = stats.to_dict(config, out.num_rows)
     return out
@@ -191,7 +206,11 @@ def spool(config: str, split: str, records: Iterable, path: Path) -> Spool:
 
 def _check_unique_ids(config: str, split: str, path: Path) -> None:
     """Refuse a split in which an image_id appears twice, naming its second row (reads the id column)."""
-    ids = pq.read_table(path, columns=["image_id"]).column("image_id")
+    with pa.OSFile(str(path)) as f:
+        spooled = pa.ipc.open_file(f)
+        ids = pa.chunked_array(
+            [spooled.get_batch(i).column("image_id") for i in range(spooled.num_record_batches)], pa.string()
+        )
     if pc.count_distinct(ids).as_py() == len(ids):
         return
     counts = pc.value_counts(ids)

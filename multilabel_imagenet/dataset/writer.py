@@ -255,7 +255,7 @@ def write_config(
     spool_dir.mkdir(parents=True)
     try:
         spooled = {
-            split: spool.spool(config, split, records, spool_dir / f"{split}.parquet")
+            split: spool.spool(config, split, records, spool_dir / f"{split}.arrow")
             for split, records in sorted(records_by_split.items())
         }
         if callable(build):
