@@ -83,7 +83,7 @@ def test_damaged_folders_are_named(mini, tmp_path):
 
 
 @pytest.mark.parametrize("scheme", [*targets.SCHEMES, "local_hard@0.8+pred"])
-def test_scheme_targets_match_aggregate(train, scheme):
+def test_scheme_targets_match_dense_target(train, scheme):
     labels, _ = train
     data = training.TrainingDataset(labels, scheme)
     rows = labels.remove_columns("image")

@@ -13,14 +13,14 @@ from functools import cache
 
 import datasets
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, targets
 
 CONFIGS = ("labels", "proposals")
 DEFAULT_CONFIG = "labels"
 SPLITS = ("train", "validation")
-LABEL_THRESHOLD = 0.5
+LABEL_THRESHOLD = targets.DEFAULT_TAU
 """A class enters the ``labels`` column when its soft score exceeds this (strictly, as Local-Hard in
-``builder.aggregate``; the paper's Table 5 counts labels at this threshold)."""
+:mod:`multilabel_imagenet.targets`; the paper's Table 5 counts labels at this threshold)."""
 UNKNOWN_LABEL = -1
 """ClassLabel value of an image whose original label is unknown."""
 
