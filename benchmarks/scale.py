@@ -5,7 +5,8 @@ discover and label shards (blob masks at ImageNet's usual image sizes as COCO RL
 softmax-like classes per mask and for the whole image), the stamps ``build-<split>.json`` (written by the CLI
 itself), a TSV in the authors' format and a CutLER-style COCO JSON, all streamed. It then measures, each in a
 fresh child process (wall time; peak RSS of that process alone): ``build package``, ``import tsv`` and
-``import cutler`` through the CLI; ``load()`` + ``TrainingDataset`` opening, plain and crop-aware; microseconds
+``import cutler`` through the CLI; ``load()`` + ``TrainingDataset`` opening, plain and crop-aware (the first open
+builds datasets' cache; ``open_crop_warm`` is what every later process pays); microseconds
 per item of every target scheme on one core through ``DataLoader(collate_fn=collate)``; the RSS and PSS of
 DataLoader workers over an epoch. ``scale.json`` beside this file gets the figures per size, their growth from
 one size to the next and the Parquet layout written (file and row-group sizes, shard counts).
@@ -79,9 +80,9 @@ class BlobPool:
 
         masks = self.pool.setdefault((h, w), [])
         if len(masks) < self.caps[h, w]:
-            found = proposals.encode(self._blob(h, w), "")
-            if found is None:
-                return self.draw(h, w)
+            found = None
+            while found is None:  # an empty blob encodes to nothing: draw another
+                found = proposals.encode(self._blob(h, w), "")
             masks.append(found.to_dict())
             mask = masks[-1]
         else:
@@ -160,7 +161,7 @@ def shard(rng: np.random.Generator, chunk: list, blobs: BlobPool, k: int) -> tup
     own = np.repeat(labels, n_masks)  # a mask's top class: the image's label, a neighbour of it, or any class
     near = np.where(rng.random(len(own)) < 0.75, own, (own + rng.integers(-20, 21, len(own))) % 1000)
     mask_cls, mask_sc = top_k(rng, np.where(rng.random(len(own)) < 0.8, near, rng.integers(0, 1000, len(own))), k)
-    glob_cls, glob_sc = top_k(rng, np.where(rng.random(len(chunk)) < 0.8, labels, rng.integers(0, 1000)), k)
+    glob_cls, glob_sc = top_k(rng, np.where(rng.random(len(chunk)) < 0.8, labels, rng.integers(0, 1000, len(chunk))), k)
     found, labelled, ends = [], [], np.cumsum(n_masks)
     for j, (image_id, path, label) in enumerate(chunk):
         base, masks = {"image_id": image_id, "path": path, "label": label}, slice(ends[j] - n_masks[j], ends[j])
@@ -419,6 +420,7 @@ def measure_size(root: Path, n: int, args: argparse.Namespace) -> dict:
         opened = {"folder": str(root / "dataset"), "cache": str(root / "hf-cache")}
         runs["open_plain"] = child("open", **opened, crop=False)  # builds datasets' cache of labels
         runs["open_crop"] = child("open", **opened, crop=True)  # and of proposals
+        runs["open_crop_warm"] = child("open", **opened, crop=True)  # what each later process (DDP rank) pays
         runs["targets"] = child("targets", **opened, items=args.items, batch=args.batch)
         runs["workers_crop"] = child("workers", **opened, workers=args.workers, items=min(n, 10 * args.items),
                                      batch=args.batch)  # fmt: skip

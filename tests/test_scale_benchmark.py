@@ -34,7 +34,16 @@ def test_every_measurement_succeeds(report):
         failed = {name: run["error"][-500:] for name, run in size["runs"].items() if "error" in run}
         assert not failed, failed
         runs = size["runs"]
-        for name in ("package", "import_tsv", "import_cutler", "open_plain", "open_crop", "targets", "workers_crop"):
+        for name in (
+            "package",
+            "import_tsv",
+            "import_cutler",
+            "open_plain",
+            "open_crop",
+            "open_crop_warm",
+            "targets",
+            "workers_crop",
+        ):
             assert runs[name]["seconds"] > 0 and runs[name]["peak_rss_mb"] > 0, name
         speed = runs["targets"]["us_per_item"]
         assert len(speed) == 7 and "local_soft+original+crop" in speed and min(speed.values()) > 0
