@@ -130,6 +130,13 @@ def test_shard_counts_divide_common_gpu_counts():
     assert all(writer.shard_count(1_281_167, 80 * 2**20) % g == 0 for g in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48))
 
 
+def test_proposals_are_cut_by_size_into_hub_sized_files():
+    proposals = writer.DEFAULT_POLICIES["proposals"]
+    assert writer.shard_count(1_281_167, 7 * 2**30, proposals) == 16  # ImageNet train masks: ~7 GiB in memory
+    assert writer.shard_count(50_000, 2**28, proposals) == 1
+    assert writer.shard_count(1_281_167, 200 * 2**20) == 96  # labels: the streaming rule, whatever the size
+
+
 def test_multiple_shards_load_in_order(records, tmp_path):
     policy = writer.ShardPolicy(min_rows_per_shard=3, row_group_bytes=2048)
     folder = writer.write_dataset(tmp_path / "sharded", BUILD, labels=records[0], policy=policy)

@@ -54,7 +54,9 @@ class ShardPolicy:
 
     target_shard_bytes: int = 256 * 2**20
     """Upper bound on the in-memory (Arrow) size of one shard."""
-    min_rows_per_shard: int = 2048
+    min_rows_per_shard: int | None = 2048
+    """Shards hold at least this many rows and otherwise as few as make ``rows / min_rows_per_shard`` shards (many
+    shards, for streaming over many ranks and workers); None: shards are cut by size alone."""
     alignment: int = 96
     row_group_bytes: int = 32 * 2**20
     compression: str = "zstd"
@@ -124,13 +126,23 @@ def file_sha256(path: str | Path) -> str:
 def shard_count(num_rows: int, num_bytes: int, policy: ShardPolicy = ShardPolicy()) -> int:
     """Number of shards for a split of ``num_rows`` rows taking ``num_bytes`` in memory (see :class:`ShardPolicy`)."""
     by_size = max(1, math.ceil(num_bytes / policy.target_shard_bytes))
-    by_rows = max(1, num_rows // policy.min_rows_per_shard)
+    by_rows = 1 if policy.min_rows_per_shard is None else max(1, num_rows // policy.min_rows_per_shard)
     if by_rows < policy.alignment:
         count = 1
         while count * 2 <= by_rows:
             count *= 2
         return max(count, 2 ** math.ceil(math.log2(by_size)))
     return policy.alignment * math.ceil(by_size / policy.alignment)
+
+
+DEFAULT_POLICIES = {
+    "labels": ShardPolicy(),
+    "proposals": ShardPolicy(target_shard_bytes=512 * 2**20, min_rows_per_shard=None),
+}
+"""``labels`` (small rows, read streamed for training): many shards, 96 for ImageNet train, so every rank and
+DataLoader worker of a streamed run gets whole shards. ``proposals`` (several GB of RLE, read map-style for
+crop-aware targets): cut by size, ~512 MiB in memory a shard, which zstd makes Parquet files of 100-500 MB (the
+Hub's recommended range; ``benchmarks/scale.py`` records them)."""
 
 
 def shard_name(config: str, split: str, index: int, count: int) -> str:
@@ -234,14 +246,15 @@ def write_config(
     config: str,
     records_by_split: Mapping[str, Iterable],
     build: BuildInfo | Callable[[], BuildInfo],
-    policy: ShardPolicy = ShardPolicy(),
+    policy: ShardPolicy | None = None,
 ) -> dict:
     """Write one config's shards (replacing earlier ones) and its entry in build.json; return that entry.
 
     ``records_by_split`` maps a split name (``train``, ``validation``) to :class:`~.schema.ImageLabels` records for
     ``labels`` or :class:`~.schema.ImageProposals` records for ``proposals``: any iterables, consumed once, in
     memory bounded by a batch (:mod:`.spool`). ``build`` may be a function called once the records are consumed,
-    for build info that is counted while they stream (e.g. a fingerprint of the image paths).
+    for build info that is counted while they stream (e.g. a fingerprint of the image paths). ``policy`` defaults to
+    the config's :data:`DEFAULT_POLICIES` entry.
     """
     schema.features(config)
     if not callable(build):
@@ -267,7 +280,7 @@ def write_config(
             entry["splits"][split] = {
                 "num_rows": rows.num_rows,
                 "num_bytes": rows.num_bytes,
-                "files": _write_shards(folder, config, split, rows, policy),
+                "files": _write_shards(folder, config, split, rows, policy or DEFAULT_POLICIES[config]),
                 "statistics": rows.statistics,
             }
     finally:
@@ -293,7 +306,7 @@ def write_dataset(
     build: BuildInfo | Callable[[], BuildInfo],
     labels: Mapping[str, Iterable[schema.ImageLabels]] | None = None,
     proposals: Mapping[str, Iterable[schema.ImageProposals]] | None = None,
-    policy: ShardPolicy = ShardPolicy(),
+    policy: ShardPolicy | None = None,
 ) -> Path:
     """Write the given configs, then build.json, the dataset card and the classic loading script; return ``folder``."""
     from multilabel_imagenet.dataset import card
