@@ -66,7 +66,8 @@ def open_listing(work_dir: Path, split: str, root: Path, layout: str = "auto", l
         del records
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        # one row group: read back as one chunk, ImageList's combine_chunks needs no copy
+        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, table.num_rows))
         tmp.replace(path)
     try:
         table = pq.read_table(path, schema=_SCHEMA)
