@@ -51,6 +51,31 @@ def test_count_calibrated_thresholds_follow_the_authors_rule():
             assert (probs[:, c] >= got[c]).sum() >= min(d, 50)
 
 
+def test_count_thresholds_read_off_the_sorted_columns_equal_the_partitioned_ones():
+    rng = np.random.default_rng(4)
+    for probs in (np.round(rng.random((50, 7)), 1), rng.random((50, 7)).astype(np.float32), rng.random((1, 7))):
+        n = len(probs)
+        counts = np.array([0, 1, 5, n - 1, n, n + 30, 2])  # 0 -> inf; >= n -> the lowest score
+        got = thresholded.sorted_count_thresholds(metrics.sorted_columns(probs), counts)
+        np.testing.assert_array_equal(got, thresholded.count_calibrated_thresholds(probs, counts))
+        assert got[0] == np.inf
+        np.testing.assert_array_equal(got[[4, 5]], probs[:, [4, 5]].min(axis=0))
+    with pytest.raises(ValueError, match="no rows"):
+        thresholded.sorted_count_thresholds(np.zeros((3, 0)), np.ones(3, dtype=int))
+
+
+def test_shared_sorted_columns_give_the_same_tuned_thresholds_and_macro_ap():
+    scores, targets = _case(5)
+    scores = np.round(scores, 1)  # ties
+    columns = metrics.sorted_columns(scores[targets.any(axis=1)])
+    np.testing.assert_array_equal(
+        metrics.f1_optimal_thresholds(scores, targets, columns=columns), metrics.f1_optimal_thresholds(scores, targets)
+    )
+    assert metrics.macro_average_precision(scores, targets, columns=columns) == metrics.macro_average_precision(
+        scores, targets
+    )
+
+
 def test_predict_gives_an_empty_prediction_its_argmax_only_with_the_fallback():
     probs = np.array([[0.2, 0.4, 0.4], [0.9, 0.1, 0.7]])
     thresholds = np.full(3, 0.5)

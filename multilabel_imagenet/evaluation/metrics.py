@@ -165,14 +165,24 @@ def mean_per_sample_average_precision(scores: np.ndarray, targets: np.ndarray, t
     return float(per_sample_average_precision(scores, targets, ties).mean())
 
 
-def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def sorted_columns(scores: np.ndarray) -> np.ndarray:
+    """The class columns of ``scores``, each sorted ascending ([C, N], a copy): what per-class AP and the
+    F1-optimal and count-calibrated thresholds search; compute it once to share it among them."""
+    columns = np.array(scores.T, order="C")
+    columns.sort(axis=1)
+    return columns
+
+
+def _positive_counts(
+    scores: np.ndarray, targets: np.ndarray, columns: np.ndarray
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each class with positives: its positives' scores s_j, |{positives: s >= s_j}| and |{images: s >= s_j}|.
 
-    One sort per class column; the counts then come from binary search, ties counted together.
+    ``columns``: :func:`sorted_columns` of the rows counted as images (those with a non-empty label set; the
+    other rows of ``scores`` and ``targets`` hold no positive, so they need not be sliced off). The counts come
+    from binary search, ties counted together.
     """
-    n = scores.shape[0]
-    columns = np.array(scores.T, order="C")  # [C, N], a copy
-    columns.sort(axis=1)  # ascending
+    n = columns.shape[1]
     class_of, image_of = np.nonzero(np.ascontiguousarray(targets.T))
     bounds = np.searchsorted(class_of, np.arange(scores.shape[1] + 1))
     out = {}
@@ -184,25 +194,35 @@ def _positive_counts(scores: np.ndarray, targets: np.ndarray) -> dict[int, tuple
     return out
 
 
-def per_class_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _nonempty_columns(scores: np.ndarray, targets: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
+    """``columns`` if given, else :func:`sorted_columns` of the rows of ``scores`` with a non-empty label set."""
+    keep = _nonempty(targets)
+    if columns is not None:
+        return columns
+    return sorted_columns(scores if keep.all() else scores[keep])
+
+
+def per_class_average_precision(
+    scores: np.ndarray, targets: np.ndarray, *, columns: np.ndarray | None = None
+) -> np.ndarray:
     """Non-interpolated AP of each class over the images with a non-empty label set ([C], NaN for classes without
     a positive); images without labels (ReaL's 3,163, say) are unannotated, not negatives of every class.
 
     AP_c = mean over positives j of |{positives: s >= s_j}| / |{images: s >= s_j}|: precision at each positive's
     score threshold, tied scores entering together; equals ``sklearn.metrics.average_precision_score``.
+    ``columns``: :func:`sorted_columns` of those images' scores, if the caller has it already.
     """
-    keep = _nonempty(targets)
-    if not keep.all():
-        scores, targets = scores[keep], targets[keep]
+    columns = _nonempty_columns(scores, targets, columns)
     out = np.full(scores.shape[1], np.nan)
-    for c, (_, positives_above, images_above) in _positive_counts(scores, targets).items():
+    for c, (_, positives_above, images_above) in _positive_counts(scores, targets, columns).items():
         out[c] = np.mean(positives_above / images_above)
     return out
 
 
-def macro_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Classic (COCO/VOC) mAP: per-class AP averaged over the classes that have at least one positive."""
-    ap = per_class_average_precision(scores, targets)
+def macro_average_precision(scores: np.ndarray, targets: np.ndarray, *, columns: np.ndarray | None = None) -> float:
+    """Classic (COCO/VOC) mAP: per-class AP averaged over the classes that have at least one positive
+    (``columns`` as in :func:`per_class_average_precision`)."""
+    ap = per_class_average_precision(scores, targets, columns=columns)
     if np.isnan(ap).all():
         raise ValueError("no class has a positive image")
     return float(np.nanmean(ap))
@@ -218,15 +238,16 @@ def per_class_averaged_accuracy(correct: np.ndarray, classes: np.ndarray) -> flo
     return float(per_class.mean()) if len(present) else float("nan")
 
 
-def f1_optimal_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def f1_optimal_thresholds(scores: np.ndarray, targets: np.ndarray, *, columns: np.ndarray | None = None) -> np.ndarray:
     """Per-class threshold maximising that class's F1 on (scores, targets): predict class c iff s_c >= t_c.
 
     Images with an empty label set are excluded. The optimum lies at a positive's score, where
     F1 = 2 |{positives: s >= t}| / (|{images: s >= t}| + P). A class without positives gets +inf (never
     predicted). Calibrating on the evaluation set itself makes these oracle thresholds: an optimistic bound.
+    ``columns``: :func:`sorted_columns` of the scores of the images with a non-empty label set, if at hand.
     """
-    keep = _nonempty(targets)
+    columns = _nonempty_columns(scores, targets, columns)
     out = np.full(scores.shape[1], np.inf)
-    for c, (s, positives_above, images_above) in _positive_counts(scores[keep], targets[keep]).items():
+    for c, (s, positives_above, images_above) in _positive_counts(scores, targets, columns).items():
         out[c] = s[np.argmax(positives_above / (images_above + len(s)))]
     return out

@@ -143,18 +143,22 @@ def _multilabel(
         skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "thresholded metrics")})
         return
     probs, sigmoid_applied = thresholded.probabilities(scores, opts.sigmoid)
+    # Each class column of the labelled images' scores, sorted once: thresh@val, thresh@tuned and map_macro read it.
+    columns = metrics.sorted_columns(probs if nonempty.all() else probs[nonempty])
     per_sample = metrics.per_sample_average_precision(
         probs if opts.ap_ties == "authors" else scores, targets, opts.ap_ties
     )
     out["map_per_sample"] = _pct(float(per_sample.mean()))
-    out["map_macro"] = _pct(metrics.macro_average_precision(scores, targets))
+    out["map_macro"] = _pct(
+        metrics.macro_average_precision(scores, targets, columns=columns if probs is scores else None)
+    )
     for group, (lo, hi) in thresholded.BUCKET_SCHEMES[opts.bucket_scheme].items():
         in_group = (counts >= lo) & (counts <= hi)
         if in_group.any():
             out[f"count_{group}"] = int(in_group.sum())
             out[f"map_per_sample_{group}"] = _pct(float(per_sample[in_group[nonempty]].mean()))
             out[f"map_macro_{group}"] = _pct(metrics.macro_average_precision(scores[in_group], targets[in_group]))
-    rules = _threshold_rules(bench, probs, targets, opts.threshold, skipped)
+    rules = _threshold_rules(bench, probs, targets, columns, opts.threshold, skipped)
     for rule, thresholds in rules.items():
         predicted = thresholded.predict(probs, thresholds, opts.argmax_fallback)
         for key, value in thresholded.set_metrics(predicted, targets, opts.bucket_scheme).items():
@@ -169,9 +173,15 @@ def _multilabel(
 
 
 def _threshold_rules(
-    bench: Benchmark, probs: np.ndarray, targets: np.ndarray, threshold: float, skipped: dict[str, str]
+    bench: Benchmark,
+    probs: np.ndarray,
+    targets: np.ndarray,
+    columns: np.ndarray,
+    threshold: float,
+    skipped: dict[str, str],
 ) -> dict[str, np.ndarray]:
-    """Per-class thresholds of each rule, named as the authors name them (``thresh@tuned`` is ours)."""
+    """Per-class thresholds of each rule, named as the authors name them (``thresh@tuned`` is ours); ``columns``:
+    ``metrics.sorted_columns`` of the rows of ``probs`` with a non-empty label set."""
     n_classes = probs.shape[1]
     rules = {}
     if bench.original is not None and (bench.original >= 0).any():
@@ -180,8 +190,8 @@ def _threshold_rules(
         rules["thresh@original"] = thresholded.count_calibrated_thresholds(probs[labelled], counts)
     else:
         skipped["thresh@original"] = "needs the original labels (--labels imagenet-val=FILE or inv2=FILE)"
-    nonempty = targets.any(axis=1)  # as many predictions per class as the benchmark's labels, on labelled images
-    rules["thresh@val"] = thresholded.count_calibrated_thresholds(probs[nonempty], targets.sum(axis=0))
+    # as many predictions per class as the benchmark's labels, on labelled images
+    rules["thresh@val"] = thresholded.sorted_count_thresholds(columns, targets.sum(axis=0))
     rules[f"thresh@{threshold:g}"] = np.full(n_classes, threshold)
-    rules["thresh@tuned"] = metrics.f1_optimal_thresholds(probs, targets)
+    rules["thresh@tuned"] = metrics.f1_optimal_thresholds(probs, targets, columns=columns)
     return rules

@@ -51,6 +51,19 @@ def count_calibrated_thresholds(probs: np.ndarray, counts: np.ndarray) -> np.nda
     return out
 
 
+def sorted_count_thresholds(columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`count_calibrated_thresholds` read off ``columns`` = ``metrics.sorted_columns(probs)`` (each class
+    column sorted ascending) instead of partitioning every column again: t_c = ``columns[c, N - counts[c]]``, the
+    lowest score when counts[c] >= N, +inf when counts[c] == 0; the same values."""
+    n = columns.shape[1]
+    if n == 0:
+        raise ValueError("no rows to calibrate thresholds on")
+    out = np.full(columns.shape[0], np.inf)
+    has = np.flatnonzero(counts > 0)
+    out[has] = columns[has, n - np.minimum(counts[has], n)]
+    return out
+
+
 def predict(probs: np.ndarray, thresholds: np.ndarray, argmax_fallback: bool = True) -> np.ndarray:
     """Predict every class with ``probs >= thresholds[c]``; with ``argmax_fallback`` (the authors' default), an
     image with nothing predicted gets its highest-scored class (the lowest index among ties)."""
