@@ -187,7 +187,9 @@ def _threshold_rules(
     if bench.original is not None and (bench.original >= 0).any():
         labelled = bench.original >= 0  # as many predictions per class as original labels, on those images
         counts = np.bincount(bench.original[labelled], minlength=n_classes)
-        rules["thresh@original"] = thresholded.count_calibrated_thresholds(probs[labelled], counts)
+        rules["thresh@original"] = thresholded.count_calibrated_thresholds(
+            probs if labelled.all() else probs[labelled], counts
+        )
     else:
         skipped["thresh@original"] = "needs the original labels (--labels imagenet-val=FILE or inv2=FILE)"
     # as many predictions per class as the benchmark's labels, on labelled images

@@ -45,9 +45,10 @@ def count_calibrated_thresholds(probs: np.ndarray, counts: np.ndarray) -> np.nda
         raise ValueError("no rows to calibrate thresholds on")
     out = np.full(probs.shape[1], np.inf)
     has = np.flatnonzero(counts > 0)
-    columns = probs.T[has]  # [classes with a count, N]
+    columns = probs.T[has]  # [classes with a count, N], a copy (C-ordered), so each row is partitioned in place
     for c, column, k in zip(has, columns, n - np.minimum(counts[has], n), strict=True):
-        out[c] = np.partition(column, k)[k]  # the k-th lowest = the counts[c]-th highest
+        column.partition(k)
+        out[c] = column[k]  # the k-th lowest = the counts[c]-th highest
     return out
 
 
