@@ -143,8 +143,10 @@ def _multilabel(
         skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "thresholded metrics")})
         return
     probs, sigmoid_applied = thresholded.probabilities(scores, opts.sigmoid)
-    # Each class column of the labelled images' scores, sorted once: thresh@val, thresh@tuned and map_macro read it.
-    columns = metrics.sorted_columns(probs if nonempty.all() else probs[nonempty])
+    # The labelled images' scores and labels, sliced once (not at all when every image has labels): the set metrics
+    # count only these; their class columns, sorted once, give thresh@val, thresh@tuned and map_macro.
+    labelled_probs, labelled_targets = (probs, targets) if nonempty.all() else (probs[nonempty], targets[nonempty])
+    columns = metrics.sorted_columns(labelled_probs)
     per_sample = metrics.per_sample_average_precision(
         probs if opts.ap_ties == "authors" else scores, targets, opts.ap_ties
     )
@@ -160,8 +162,8 @@ def _multilabel(
             out[f"map_macro_{group}"] = _pct(metrics.macro_average_precision(scores[in_group], targets[in_group]))
     rules = _threshold_rules(bench, probs, targets, columns, opts.threshold, skipped)
     for rule, thresholds in rules.items():
-        predicted = thresholded.predict(probs, thresholds, opts.argmax_fallback)
-        for key, value in thresholded.set_metrics(predicted, targets, opts.bucket_scheme).items():
+        predicted = thresholded.predict(labelled_probs, thresholds, opts.argmax_fallback)
+        for key, value in thresholded.set_metrics(predicted, labelled_targets, opts.bucket_scheme).items():
             out[f"{key}@{rule}"] = _pct(value)
     out["settings"] = {
         "threshold_scores": "sigmoid(scores)" if sigmoid_applied else "scores",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from multilabel_imagenet.evaluation import metrics
+
 SIGMOID_MODES = ("auto", "always", "never")
 
 # Label-count buckets: the authors' --bucket_scheme "default" (1, 2, 3, >=4; the paper's Table 2) and "simple"
@@ -88,10 +90,9 @@ def set_metrics(predicted: np.ndarray, targets: np.ndarray, bucket_scheme: str =
     classes with >= 1 label; a class never predicted has precision 0). Then, per label-count bucket of
     ``bucket_scheme`` (suffix ``_k1`` ...): ``subset_accuracy``, ``mean_iou`` and the micro P/R/F1.
     """
-    keep = targets.any(axis=1)
-    if not keep.any():
-        raise ValueError("no image has a non-empty label set")
-    predicted, targets = predicted[keep], targets[keep]
+    keep = metrics._nonempty(targets)
+    if not keep.all():
+        predicted, targets = predicted[keep], targets[keep]
     both = predicted & targets
     tp = np.count_nonzero(both, axis=1)
     n_pred = np.count_nonzero(predicted, axis=1)
