@@ -16,6 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 AP_TIE_RULES = ("sklearn", "authors")
+# Label-count buckets of every per-bucket metric (map_*_k<group> and the thresholded ones): the authors'
+# --bucket_scheme "default" (1, 2, 3, >=4 labels; the paper's Table 2) and "simple" (1, 2, >=3).
+# Suffix -> (fewest, most) labels.
+LABEL_COUNT_SCHEMES: dict[str, dict[str, tuple[int, int]]] = {
+    "default": {"k1": (1, 1), "k2": (2, 2), "k3": (3, 3), "k4plus": (4, 10**9)},
+    "simple": {"k1": (1, 1), "k2": (2, 2), "k3plus": (3, 10**9)},
+}
+
 _CHUNK_ELEMENTS = 8_000_000  # bound on the temporary [rows, k, C] comparison array
 
 

@@ -29,7 +29,7 @@ class Options:
         for name, allowed in (
             ("sigmoid", thresholded.SIGMOID_MODES),
             ("ap_ties", metrics.AP_TIE_RULES),
-            ("bucket_scheme", tuple(thresholded.BUCKET_SCHEMES)),
+            ("bucket_scheme", tuple(metrics.LABEL_COUNT_SCHEMES)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -154,7 +154,7 @@ def _multilabel(
     out["map_macro"] = _pct(
         metrics.macro_average_precision(scores, targets, columns=columns if probs is scores else None)
     )
-    for group, (lo, hi) in thresholded.BUCKET_SCHEMES[opts.bucket_scheme].items():
+    for group, (lo, hi) in metrics.LABEL_COUNT_SCHEMES[opts.bucket_scheme].items():
         in_group = (counts >= lo) & (counts <= hi)
         if in_group.any():
             out[f"count_{group}"] = int(in_group.sum())

@@ -14,13 +14,6 @@ from multilabel_imagenet.evaluation import metrics
 
 SIGMOID_MODES = ("auto", "always", "never")
 
-# Label-count buckets: the authors' --bucket_scheme "default" (1, 2, 3, >=4; the paper's Table 2) and "simple"
-# (1, 2, >=3). Suffix -> (fewest, most) labels.
-BUCKET_SCHEMES: dict[str, dict[str, tuple[int, int]]] = {
-    "default": {"k1": (1, 1), "k2": (2, 2), "k3": (3, 3), "k4plus": (4, 10**9)},
-    "simple": {"k1": (1, 1), "k2": (2, 2), "k3plus": (3, 10**9)},
-}
-
 
 def probabilities(scores: np.ndarray, sigmoid: str = "auto") -> tuple[np.ndarray, bool]:
     """The scores thresholds apply to, and whether the sigmoid was applied to get them.
@@ -121,7 +114,7 @@ def set_metrics(predicted: np.ndarray, targets: np.ndarray, bucket_scheme: str =
     out["macro_precision_over_gt_classes"] = float(p.mean())
     out["macro_recall_over_gt_classes"] = float(r.mean())
     out["macro_f1_over_gt_classes"] = float(f1.mean())
-    for suffix, (lo, hi) in BUCKET_SCHEMES[bucket_scheme].items():
+    for suffix, (lo, hi) in metrics.LABEL_COUNT_SCHEMES[bucket_scheme].items():
         rows = (n_true >= lo) & (n_true <= hi)
         if rows.any():
             pooled(rows, f"_{suffix}")
