@@ -151,6 +151,17 @@ def test_per_sample_ap_authors_tie_order():
         metrics.per_sample_average_precision(scores, targets, ties="random")
 
 
+def test_per_sample_ap_authors_ties_among_labels_only():
+    # labels {1, 2} tied with each other only, below one other class: the authors' order gives 1/2 and 2/3
+    # whichever label comes first; the sklearn rule counts both at 2/3
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.5, 0.5, 0.9, 0.5], [0.2, 0.7, 0.7, 0.7]])
+    targets = np.array([[0, 1, 1, 0], [1, 1, 0, 1], [0, 1, 1, 1]], dtype=bool)
+    got = metrics.per_sample_average_precision(scores, targets, ties="authors")
+    np.testing.assert_allclose(got, [_authors_ap(s, t) for s, t in zip(scores, targets, strict=True)], atol=1e-15)
+    assert got[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert metrics.per_sample_average_precision(scores, targets)[0] == pytest.approx(2 / 3)
+
+
 def _tiny_benchmark():
     """8 images, 1000 classes: 6 labelled (1, 1, 2, 3, 4 labels and 1), 2 without labels."""
     label_sets = [[1], [2], [1, 3], [4, 5, 6], [7, 8, 9, 1], [], [], [2]]

@@ -155,12 +155,21 @@ def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray, ties: 
             true_s = np.take_along_axis(s, cols[start : start + step], axis=1)  # [n, k]
             rank = (s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
             above = (true_s[:, None, :] >= true_s[:, :, None]).sum(axis=2)
-            out[r] = (above / rank).mean(axis=1)
-            if ties == "authors":
-                tied[r] = (rank - (s[:, None, :] > true_s[:, :, None]).sum(axis=2) > 1).any(axis=1)
+            if ties == "sklearn":
+                out[r] = (above / rank).mean(axis=1)
+                continue
+            # Labels tied only among themselves take consecutive places after the classes strictly above, in
+            # whichever order: precision (labels above + i) / (classes above + i) for i = 1, 2, ..., given here in
+            # class order. Only a label tied with a class that is not a label needs the sort.
+            rank_above = (s[:, None, :] > true_s[:, :, None]).sum(axis=2)
+            equal = true_s[:, None, :] == true_s[:, :, None]  # [n, k, k]
+            tied_labels = equal.sum(axis=2)  # the label itself included
+            tied[r] = (rank - rank_above > tied_labels).any(axis=1)
+            place = np.tril(equal).sum(axis=2)  # 1 + the tied labels of lower class index
+            out[r] = ((above - tied_labels + place) / (rank_above + place)).mean(axis=1)
     rows = np.flatnonzero(tied)
     step = max(1, _CHUNK_ELEMENTS // scores.shape[1])
-    for start in range(0, len(rows), step):  # only images with a label tied to another class
+    for start in range(0, len(rows), step):  # only images with a label tied to a class that is not a label
         r = rows[start : start + step]
         hits = np.take_along_axis(targets[r], np.argsort(scores[r], axis=1)[:, ::-1], axis=1)
         precision = np.cumsum(hits, axis=1) / np.arange(1, scores.shape[1] + 1)
