@@ -3,6 +3,8 @@ loops written from the definitions; then the report keys of `evaluate` and the C
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import numpy as np
@@ -14,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_s
 from multilabel_imagenet.cli import main
 from multilabel_imagenet.evaluation import evaluate, metrics, thresholded
 from multilabel_imagenet.evaluation.benchmarks import Benchmark
+from multilabel_imagenet.evaluation.scoring import Options
 
 
 def _case(seed: int, n: int = 400, c: int = 30, empty: float = 0.1):
@@ -200,6 +203,17 @@ def test_evaluate_reports_the_authors_threshold_rules_and_settings():
     assert "thresh@original" in evaluate(logits, bench)["skipped"]
     with pytest.raises(ValueError, match="bucket_scheme"):
         evaluate(logits, bench, bucket_scheme="coarse")
+
+
+def test_options_are_keyword_only_parameters_and_a_bad_bucket_scheme_is_a_value_error():
+    params = inspect.signature(evaluate).parameters
+    options = ("threshold", "sigmoid", "argmax_fallback", "ap_ties", "bucket_scheme")
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
+    assert {name: params[name].default for name in options} == dataclasses.asdict(Options())
+    with pytest.raises(TypeError):
+        evaluate(np.zeros((8, 1000)), _tiny_benchmark(), bucket="simple")
+    with pytest.raises(ValueError, match="bucket_scheme must be one of"):
+        thresholded.set_metrics(np.ones((2, 3), dtype=bool), np.ones((2, 3), dtype=bool), "coarse")
 
 
 def test_cli_options_reach_the_report(tmp_path):

@@ -13,6 +13,8 @@ with nothing to average over raises ``ValueError``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 AP_TIE_RULES = ("sklearn", "authors")
@@ -25,6 +27,19 @@ LABEL_COUNT_SCHEMES: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 _CHUNK_ELEMENTS = 8_000_000  # bound on the temporary [rows, k, C] comparison array
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
+    """A ``ValueError`` naming option ``name`` and its allowed values unless ``value`` is one of them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def label_count_buckets(scheme: str) -> dict[str, tuple[int, int]]:
+    """The buckets of :data:`LABEL_COUNT_SCHEMES` ``[scheme]``; a ``ValueError`` for an unknown scheme."""
+    check_choice("bucket_scheme", scheme, LABEL_COUNT_SCHEMES)
+    return LABEL_COUNT_SCHEMES[scheme]
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -138,8 +153,7 @@ def per_sample_average_precision(scores: np.ndarray, targets: np.ndarray, ties: 
     precision at each label's position in ``np.argsort(s)[::-1]`` (the authors' ``compute_average_precision``;
     among tied scores the order is whatever numpy's sort leaves). Without ties both agree. AP_i = mean over labels.
     """
-    if ties not in AP_TIE_RULES:
-        raise ValueError(f"ties must be one of {AP_TIE_RULES}, got {ties!r}")
+    check_choice("ties", ties, AP_TIE_RULES)
     keep = _nonempty(targets)
     scores, targets = scores[keep], targets[keep]
     counts = targets.sum(axis=1)

@@ -25,28 +25,34 @@ class Options:
     ap_ties: str = "sklearn"
     bucket_scheme: str = "default"
 
-    def __post_init__(self) -> None:
-        for name, allowed in (
-            ("sigmoid", thresholded.SIGMOID_MODES),
-            ("ap_ties", metrics.AP_TIE_RULES),
-            ("bucket_scheme", tuple(metrics.LABEL_COUNT_SCHEMES)),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    def __post_init__(self) -> None:  # evaluate's options are checked here, before any metric runs
+        metrics.check_choice("sigmoid", self.sigmoid, thresholded.SIGMOID_MODES)
+        metrics.check_choice("ap_ties", self.ap_ties, metrics.AP_TIE_RULES)
+        metrics.check_choice("bucket_scheme", self.bucket_scheme, metrics.LABEL_COUNT_SCHEMES)
 
 
-def evaluate(scores: Any, benchmark: str | Benchmark, **options: Any) -> Result:
+def evaluate(
+    scores: Any,
+    benchmark: str | Benchmark,
+    *,
+    threshold: float = Options.threshold,
+    sigmoid: str = Options.sigmoid,
+    argmax_fallback: bool = Options.argmax_fallback,
+    ap_ties: str = Options.ap_ties,
+    bucket_scheme: str = Options.bucket_scheme,
+) -> Result:
     """Score ``scores`` ([N, 1000], in ``benchmark``'s canonical order; numpy array or torch tensor).
 
     ``benchmark`` is a :class:`Benchmark` or a name loadable without a file (``"real"``). Returns
     ``{"n_images": int, "<metric>": float, ..., "settings": {...}, "skipped": {"<metric>": reason}}`` with
-    accuracies, AP, IoU, precision/recall/F1 in percent. ``options`` (fields of :class:`Options`):
-    ``threshold`` (0.5) of the ``@thresh@<t>`` metrics; ``sigmoid`` ("auto": applied before thresholding when
-    the scores are logits; "always", as the authors; "never"); ``argmax_fallback`` (True, the authors'): an image
-    with nothing above threshold is given its argmax; ``ap_ties`` ("sklearn", or "authors": their argsort order,
-    on the thresholded scores); ``bucket_scheme`` ("default": 1, 2, 3, >=4 labels; "simple": 1, 2, >=3).
+    accuracies, AP, IoU, precision/recall/F1 in percent. The options (the fields of :class:`Options`, which
+    checks them: a bad value is a ``ValueError``): ``threshold`` (0.5) of the ``@thresh@<t>`` metrics; ``sigmoid``
+    ("auto": applied before thresholding when the scores are logits; "always", as the authors; "never");
+    ``argmax_fallback`` (True, the authors'): an image with nothing above threshold is given its argmax;
+    ``ap_ties`` ("sklearn", or "authors": their argsort order, on the thresholded scores); ``bucket_scheme``
+    ("default": 1, 2, 3, >=4 labels; "simple": 1, 2, >=3).
     """
-    opts = Options(**options)
+    opts = Options(threshold, sigmoid, argmax_fallback, ap_ties, bucket_scheme)
     bench = load_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     if hasattr(scores, "detach"):
         scores = scores.detach().float().cpu().numpy()
@@ -60,18 +66,18 @@ def evaluate_ranked(ranked: Any, benchmark: str | Benchmark) -> Result:
     need no full scores are computed; the others are listed under ``"skipped"`` with the reason."""
     bench = load_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     ranked = check_ranked(np.asarray(ranked), len(bench), "ranked predictions")
-    return _evaluate(bench, ranked, None, Options())
+    return _evaluate(bench, ranked, None, None)
 
 
 def _pct(value: float) -> float:
     return 100.0 * value
 
 
-def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, opts: Options) -> Result:
+def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, opts: Options | None) -> Result:
+    """The result of :func:`evaluate` (``scores`` and ``opts`` given) or :func:`evaluate_ranked` (neither)."""
     multilabel: Result = {}
     skipped: dict[str, str] = {}
-    if bench.recipe != "single":
-        _multilabel(bench, ranked, scores, opts, multilabel, skipped)
+    settings = _multilabel(bench, ranked, scores, opts, multilabel, skipped) if bench.recipe != "single" else None
     out: Result = {"n_images": multilabel.pop("n_images", len(bench))}
     depth = ranked.shape[1]
     if bench.original is not None and (bench.original >= 0).any():
@@ -85,7 +91,6 @@ def _evaluate(bench: Benchmark, ranked: np.ndarray, scores: np.ndarray | None, o
                 skipped[f"top{k}"] = f"needs the top-{k} classes of each image; the predictions hold {depth}"
     if bench.main is not None:
         out["main_top1"] = _pct(metrics.top_k_accuracy(ranked, bench.main, 1))
-    settings = multilabel.pop("settings", None)
     out.update(multilabel)
     if settings is not None:
         out["settings"] = settings
@@ -98,10 +103,12 @@ def _multilabel(
     bench: Benchmark,
     ranked: np.ndarray,
     scores: np.ndarray | None,
-    opts: Options,
+    opts: Options | None,
     out: Result,
     skipped: dict[str, str],
-) -> None:
+) -> dict[str, Any] | None:
+    """Write the multi-label metrics into ``out`` and the skipped ones into ``skipped``; return the settings the
+    score-based metrics were computed with (None without scores)."""
     assert bench.targets is not None
     targets = bench.targets
     if bench.evaluated is not None:  # scored images fixed by the benchmark (empty accepted set = wrong)
@@ -141,7 +148,8 @@ def _multilabel(
         skipped.update({"variable_topk": reason, "asma": reason, "r_precision": reason})
     if scores is None:
         skipped.update({m: _NEEDS_SCORES for m in ("map_per_sample", "map_macro", "thresholded metrics")})
-        return
+        return None
+    assert opts is not None
     probs, sigmoid_applied = thresholded.probabilities(scores, opts.sigmoid)
     # The labelled images' scores and labels, sliced once (not at all when every image has labels): the set metrics
     # count only these; their class columns, sorted once, give thresh@val, thresh@tuned and map_macro.
@@ -165,7 +173,7 @@ def _multilabel(
         predicted = thresholded.predict(labelled_probs, thresholds, opts.argmax_fallback)
         for key, value in thresholded.set_metrics(predicted, labelled_targets, opts.bucket_scheme).items():
             out[f"{key}@{rule}"] = _pct(value)
-    out["settings"] = {
+    return {
         "threshold_scores": "sigmoid(scores)" if sigmoid_applied else "scores",
         "threshold_rules": list(rules),
         "argmax_fallback": opts.argmax_fallback,

@@ -21,8 +21,7 @@ def probabilities(scores: np.ndarray, sigmoid: str = "auto") -> tuple[np.ndarray
     ``"auto"``: the sigmoid when some score lies outside [0, 1] (logits), else the scores as given
     (probabilities); ``"always"``: the authors' rule (their scores are logits); ``"never"``: as given.
     """
-    if sigmoid not in SIGMOID_MODES:
-        raise ValueError(f"sigmoid must be one of {SIGMOID_MODES}, got {sigmoid!r}")
+    metrics.check_choice("sigmoid", sigmoid, SIGMOID_MODES)
     if sigmoid == "never" or (sigmoid == "auto" and scores.min() >= 0.0 and scores.max() <= 1.0):
         return scores, False
     with np.errstate(over="ignore"):  # exp overflow -> probability 0, as in the authors' float32 arithmetic
@@ -114,7 +113,7 @@ def set_metrics(predicted: np.ndarray, targets: np.ndarray, bucket_scheme: str =
     out["macro_precision_over_gt_classes"] = float(p.mean())
     out["macro_recall_over_gt_classes"] = float(r.mean())
     out["macro_f1_over_gt_classes"] = float(f1.mean())
-    for suffix, (lo, hi) in metrics.LABEL_COUNT_SCHEMES[bucket_scheme].items():
+    for suffix, (lo, hi) in metrics.label_count_buckets(bucket_scheme).items():
         rows = (n_true >= lo) & (n_true <= hi)
         if rows.any():
             pooled(rows, f"_{suffix}")
