@@ -180,7 +180,7 @@ class OnlineSamples(torch.utils.data.Dataset):
             mask = mask_utils.decode(rles).max(2)
         with torch.random.fork_rng(devices=[]):  # this sample's draws, whichever process runs it
             torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-            img, msk = joint_augmentation(self.size)(
+            img, msk = self._augment(
                 tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
                 tv_tensors.Mask(torch.from_numpy(mask)[None]),
             )
