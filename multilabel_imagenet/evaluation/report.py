@@ -55,7 +55,8 @@ DEFINITIONS: dict[str, str] = {
 
 
 def family(key: str) -> str:
-    """The metric family of a result key: ``f1_micro@0.5`` -> ``f1_micro``, ``map_macro_k2`` -> ``map_macro``."""
+    """The metric family of a result key: ``micro_f1@thresh@0.5`` -> ``micro_f1``, ``map_macro_k2`` -> ``map_macro``,
+    ``micro_f1_k4plus@thresh@val`` -> ``micro_f1``."""
     key = key.split("@", 1)[0]
     return re.sub(r"_k(\d+|\d+plus)$", "", key)
 
