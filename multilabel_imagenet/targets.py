@@ -7,14 +7,24 @@ max over masks of each mask's stored top-k scores) and the labeler's whole-image
 
 - ``local_soft``: y[c] = max over masks of p_mask[c]                                        (Sec. 5.2)
 - ``local_hard@TAU``: 1 where that max exceeds TAU (strictly, "exceeds" in Sec. 5.2), else 0
+- ``one_hot``: the original ImageNet label alone (the single-label baseline of Table 6)
 - ``+original``: y[c] = max(y[c], 1 for the original ImageNet label)                       (Sec. 5.2)
 - ``+pred``: y[c] = max(y[c], the labeler's whole-image probability of c)                  (Sec. 5.2)
 - ``+prior`` / ``+pairs``: the ambiguity fixes of Supp. E, applied to the local vector before the threshold and
-  the global signal: co-occurrence prior propagation p' = clip(C p, 0, 1) (eq. 5), or asymmetric pair
+  the global signals: co-occurrence prior propagation p' = clip(C p, 0, 1) (eq. 5), or asymmetric pair
   thresholds (eq. 6), both from a calibrated :class:`Ambiguity`.
 
-The paper's default is ``local_soft+original`` (Sec. 5.2, "we adopt Local-Soft + Original"). Classes outside a
-mask's stored top-k count as 0, a class listed twice counts with its highest score. Everything is numpy (one
+``+original`` and ``+pred`` may be combined (``local_soft+original+pred``). The paper's default is
+``local_soft+original`` (Sec. 5.2, "we adopt Local-Soft + Original"). Classes outside a mask's stored top-k count
+as 0, a class listed twice counts with its highest score.
+
+A *profile* (:data:`PROFILES`) says whose reading of the rules is applied: ``paper`` (the text, above) or
+``authors``, the released training code (github jchen175/MultiLabel-ImageNet, ``code/deit/datasets.py``), which
+differs in two places: Local-Hard keeps scores ``>=`` TAU (lines 159, 181), and ``+pred`` adds only the
+whole-image top-1 class with its probability (``update_pred_gt``, lines 110-111) where the paper's rule takes the
+max with every stored whole-image score.
+
+Everything is numpy (one
 item: :func:`dense_target`, padded batches: :func:`dense_targets`); :func:`dense_targets_torch` wraps the batch
 version for tensors. Calibration lives in :mod:`multilabel_imagenet.builder.aggregate`.
 """
@@ -23,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -40,6 +50,8 @@ DEFAULT_SCHEME = "local_soft+original"
 """The paper's adopted default (Sec. 5.2 / Table 6)."""
 GLOBAL_SIGNALS = ("original", "pred")
 AMBIGUITY_FIXES = ("prior", "pairs")
+PROFILES = ("paper", "authors")
+"""Whose reading of the scheme rules applies: the paper's text or the authors' released code (module docstring)."""
 SCHEMES = tuple(
     local + suffix
     for local in ("local_soft", f"local_hard@{DEFAULT_TAU:g}")
@@ -50,29 +62,37 @@ SCHEMES = tuple(
 
 @dataclass(frozen=True)
 class Scheme:
-    """A parsed scheme name; see the module docstring for the grammar."""
+    """A parsed scheme name (see the module docstring for the grammar) and the profile that reads it."""
 
-    hard: bool = False
+    local: str = "soft"  # "soft", "hard" or "one_hot"
     tau: float = DEFAULT_TAU
-    global_signal: str | None = None
+    global_signals: tuple[str, ...] = ()  # in GLOBAL_SIGNALS order
     ambiguity: str | None = None
+    profile: str = "paper"  # PROFILES
+
+    @property
+    def hard(self) -> bool:
+        return self.local == "hard"
 
     @property
     def name(self) -> str:
-        parts = [f"local_hard@{self.tau:g}" if self.hard else "local_soft"]
-        parts += [p for p in (self.ambiguity, self.global_signal) if p]
-        return "+".join(parts)
+        local = {"soft": "local_soft", "hard": f"local_hard@{self.tau:g}", "one_hot": "one_hot"}[self.local]
+        return "+".join([local, *([self.ambiguity] if self.ambiguity else []), *self.global_signals])
 
 
-def parse_scheme(name: str | Scheme) -> Scheme:
-    """Parse ``local_soft`` / ``local_hard[@TAU]`` followed by at most one of ``+original``/``+pred`` and at
-    most one of ``+prior``/``+pairs`` (in any order). Raises ``ValueError`` naming what is wrong."""
+def parse_scheme(name: str | Scheme, profile: str | None = None) -> Scheme:
+    """Parse ``local_soft`` / ``local_hard[@TAU]`` followed by any of ``+original``/``+pred`` and at most one of
+    ``+prior``/``+pairs`` (in any order), or ``one_hot`` (optionally ``+pred``). ``profile`` (:data:`PROFILES`;
+    ``None``: a :class:`Scheme`'s own, else ``paper``) sets how the rules read. Raises ``ValueError`` naming what
+    is wrong."""
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     if isinstance(name, Scheme):
-        return name
+        return name if profile is None else replace(name, profile=profile)
     local, *extras = name.strip().split("+")
-    hard, tau = False, DEFAULT_TAU
+    kind, tau = "soft", DEFAULT_TAU
     if local.startswith("local_hard"):
-        hard = True
+        kind = "hard"
         rest = local[len("local_hard") :]
         if rest:
             try:
@@ -81,20 +101,26 @@ def parse_scheme(name: str | Scheme) -> Scheme:
                 tau = math.nan
             if not 0.0 <= tau < 1.0:
                 raise ValueError(f"scheme {name!r}: local_hard takes a threshold in [0, 1), e.g. local_hard@0.5")
+    elif local == "one_hot":
+        kind = "one_hot"
     elif local != "local_soft":
-        raise ValueError(f"unknown scheme {name!r}: start with local_soft or local_hard[@TAU]; e.g. {SCHEMES}")
-    global_signal = ambiguity = None
+        raise ValueError(f"unknown scheme {name!r}: start with local_soft, local_hard[@TAU] or one_hot; e.g. {SCHEMES}")
+    signals: set[str] = set()
+    ambiguity = None
     for extra in extras:
-        if extra in GLOBAL_SIGNALS and global_signal is None:
-            global_signal = extra
+        if kind == "one_hot" and extra != "pred":
+            raise ValueError(f"scheme {name!r}: one_hot is the original label alone and takes only +pred")
+        if extra in GLOBAL_SIGNALS and extra not in signals:
+            signals.add(extra)
         elif extra in AMBIGUITY_FIXES and ambiguity is None:
             ambiguity = extra
         else:
             raise ValueError(
-                f"scheme {name!r}: {extra!r} is not allowed here; add at most one of "
-                f"{'/'.join(GLOBAL_SIGNALS)} and one of {'/'.join(AMBIGUITY_FIXES)}"
+                f"scheme {name!r}: {extra!r} is not allowed here; add each of {'/'.join(GLOBAL_SIGNALS)} at most "
+                f"once and at most one of {'/'.join(AMBIGUITY_FIXES)}"
             )
-    return Scheme(hard, tau, global_signal, ambiguity)
+    global_signals = tuple(g for g in GLOBAL_SIGNALS if g in signals)
+    return Scheme(kind, tau, global_signals, ambiguity, profile or "paper")
 
 
 @dataclass
@@ -187,17 +213,41 @@ def _apply(
             raise ValueError(f"scheme {s.name!r} needs a calibrated Ambiguity (see calibrate_ambiguity)")
         y = ambiguity.propagate_prior(y) if s.ambiguity == "prior" else ambiguity.apply_pair_thresholds(y)
     if s.hard:
-        y = (y > y.dtype.type(s.tau)).astype(y.dtype)
-    if s.global_signal == "original":
+        tau = y.dtype.type(s.tau)
+        y = (y >= tau if s.profile == "authors" else y > tau).astype(y.dtype)
+    if s.local == "one_hot" or "original" in s.global_signals:
         if labels is None or bool((labels < 0).any()):
             raise ValueError(f"scheme {s.name!r} needs the original label of every image")
+        if s.local == "one_hot":
+            y[:] = 0.0
         y[np.arange(len(y)), labels] = 1.0
-    elif s.global_signal == "pred":
-        if global_index is None or global_scores is None:
-            raise ValueError(f"scheme {s.name!r} needs the whole-image prediction (global_classes/global_scores)")
+    if "pred" in s.global_signals:
+        global_index, global_scores = _whole_image(s, len(y), y.shape[1], global_index, global_scores)
         # y >= 0, so this is max(y, the scattered prediction with 0 elsewhere).
         np.maximum.at(y.reshape(-1), global_index, global_scores.astype(y.dtype, copy=False))
     return y
+
+
+def _whole_image(
+    s: Scheme, rows: int, num_classes: int, index: np.ndarray | None, scores: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole-image prediction entries ``+pred`` adds (flat index, score): all stored ones (``paper``) or each
+    row's top-1, the first of its highest scores in stored order (``authors``). Every row must have one."""
+    if index is None or scores is None:
+        index, scores = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+    row = index // num_classes
+    missing = rows - np.count_nonzero(np.bincount(row, minlength=rows))
+    if missing:
+        raise ValueError(
+            f"scheme {s.name!r} needs the labeler's whole-image prediction (global_classes/global_scores), but "
+            f"{missing} of {rows} images have none (a dataset imported from the authors' TSV stores none); use a "
+            "scheme without +pred"
+        )
+    if s.profile == "authors":
+        first = np.lexsort((-scores, row))  # by row, highest score first, stored order among equals
+        first = first[np.r_[True, row[first][1:] != row[first][:-1]]]
+        index, scores = index[first], scores[first]
+    return index, scores
 
 
 def _check_classes(values: np.ndarray, num_classes: int) -> None:
@@ -224,6 +274,8 @@ def dense_target(
     has_global = global_classes is not None and global_scores is not None
     if has_global:
         global_classes, global_scores = np.asarray(global_classes), np.asarray(global_scores)
+        if global_classes.dtype.kind not in "iu":  # an empty list comes as float64
+            global_classes = global_classes.astype(np.intp)
     if check:
         _check_classes(soft_classes, num_classes)
         if has_global:

@@ -25,15 +25,22 @@ def test_scheme_names_round_trip_and_errors():
     for name in targets.SCHEMES:
         assert targets.parse_scheme(name).name == name
     s = targets.parse_scheme("local_hard@0.3+pairs+original")
-    assert (s.hard, s.tau, s.global_signal, s.ambiguity) == (True, 0.3, "original", "pairs")
+    assert (s.hard, s.tau, s.global_signals, s.ambiguity) == (True, 0.3, ("original",), "pairs")
+    both = targets.parse_scheme("local_soft+pred+original")
+    assert both.global_signals == ("original", "pred") and both.name == "local_soft+original+pred"
+    assert targets.parse_scheme("one_hot+pred").name == "one_hot+pred"
+    assert targets.parse_scheme("local_soft").profile == "paper"
+    assert targets.parse_scheme(targets.parse_scheme("local_soft", "authors")).profile == "authors"
     assert targets.parse_scheme("local_hard").tau == 0.5
     assert targets.DEFAULT_SCHEME == "local_soft+original"
     for bad, match in [
         ("global_soft", "unknown scheme"),
         ("local_hard@1.5", "threshold in"),
         ("local_hard@x", "threshold in"),
-        ("local_soft+original+pred", "not allowed"),
+        ("local_soft+pred+pred", "not allowed"),
         ("local_soft+magic", "not allowed"),
+        ("one_hot+original", "only \\+pred"),
+        ("one_hot+pairs", "only \\+pred"),
     ]:
         with pytest.raises(ValueError, match=match):
             targets.parse_scheme(bad)
@@ -64,6 +71,35 @@ def test_global_signals():
     assert pred[CAT] == 1 and pred[DOG] == pytest.approx(0.6) and pred[TENCH] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="whole-image prediction"):
         targets.dense_target("local_soft+pred", [CAT], [0.85])
+
+
+def test_authors_profile_on_hand_made_rows():
+    # code/deit/datasets.py: relabel_thresh keeps scores >= threshold (lines 159, 181); update_pred_gt sets
+    # y[pred] = max(y[pred], pred_prob) for the top-1 class only (lines 110-111).
+    row = dict(soft_classes=[CAT, DOG, 5], soft_scores=[0.5, 0.49, 0.9], label=TENCH)
+    whole = dict(global_classes=[7, DOG, 9], global_scores=[0.3, 0.7, 0.7])
+    paper = targets.dense_target("local_hard@0.5", **row)
+    authors = targets.dense_target(targets.parse_scheme("local_hard@0.5", "authors"), **row)
+    assert np.flatnonzero(paper).tolist() == [5] and np.flatnonzero(authors).tolist() == [5, CAT]
+    scheme = targets.parse_scheme("local_hard@0.5+original+pred", "authors")
+    y = targets.dense_target(scheme, **row, **whole)
+    expected = np.zeros(1000, dtype=np.float32)
+    expected[[CAT, 5, TENCH]] = 1.0
+    expected[DOG] = np.float32(0.7)  # the first of the two top scores; 7 and 9 are not added
+    np.testing.assert_array_equal(y, expected)
+    paper_pred = targets.dense_target("local_soft+pred", **row, **whole)
+    assert paper_pred[[7, DOG, 9]].tolist() == pytest.approx([0.3, 0.7, 0.7])
+    one_hot = targets.dense_target("one_hot", **row)
+    assert np.flatnonzero(one_hot).tolist() == [TENCH] and one_hot[TENCH] == 1.0
+    one_hot_pred = targets.dense_target(targets.parse_scheme("one_hot+pred", "authors"), **row, **whole)
+    assert np.flatnonzero(one_hot_pred).tolist() == [TENCH, DOG] and one_hot_pred[DOG] == np.float32(0.7)
+    with pytest.raises(ValueError, match="1 of 1 images have none"):
+        targets.dense_target("local_soft+pred", **row, global_classes=[], global_scores=[])
+    padded = dict(soft_classes=np.array([[CAT], [DOG]]), soft_scores=np.array([[0.5], [0.6]], np.float32))
+    with pytest.raises(ValueError, match="1 of 2 images have none"):
+        targets.dense_targets("local_soft+pred", **padded, global_classes=[[3], [-1]], global_scores=[[0.2], [0]])
+    with pytest.raises(ValueError, match="profile must be one of"):
+        targets.parse_scheme("local_soft", "released")
 
 
 def test_table8_pairs_are_shipped_and_named_right():

@@ -99,6 +99,30 @@ def test_scheme_targets_match_dense_target(train, scheme):
         assert all(data[i]["target"][rows[i]["label"]] == 1.0 for i in range(len(data)))
 
 
+@pytest.mark.parametrize("scheme", ["local_hard@0.5+original+pred", "local_soft+pred", "one_hot"])
+def test_authors_profile_targets(train, scheme):
+    labels, _ = train
+    data = training.TrainingDataset(labels, scheme, profile="authors")
+    assert data.scheme.profile == "authors"
+    rows = labels.remove_columns("image")
+    parsed = targets.parse_scheme(scheme, "authors")
+    for i in range(len(data)):
+        row = rows[i]
+        expected = targets.dense_target(
+            parsed, row["soft_classes"], row["soft_scores"], row["label"], row["global_classes"], row["global_scores"]
+        )
+        np.testing.assert_array_equal(data[i]["target"].numpy(), expected)
+
+
+def test_pred_without_whole_image_predictions_is_refused(mini, tmp_path):
+    records = {s: [replace(r, global_classes=(), global_scores=()) for r in rows] for s, rows in mini[2].items()}
+    folder = writer.write_dataset(tmp_path / "imported", BUILD, labels=records)
+    labels = loading.load(folder, "labels", "train", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"needs the labeler's whole-image prediction, but 8 of 8 images"):
+        training.TrainingDataset(labels, "local_soft+pred")
+    assert training.TrainingDataset(labels, "local_soft+original")[0]["target"].shape == (1000,)
+
+
 def test_unknown_scheme_is_named(train):
     with pytest.raises(ValueError, match="unknown scheme 'soft_local'"):
         training.TrainingDataset(train[0], "soft_local")

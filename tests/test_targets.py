@@ -1,4 +1,5 @@
-"""targets: the numpy targets equal a straightforward torch computation (the former implementation) bit for bit."""
+"""targets: the numpy targets equal a straightforward torch computation (the former implementation, extended to
+the authors' profile) bit for bit."""
 
 import math
 
@@ -16,8 +17,8 @@ SCHEMES = [
     local + fix + signal
     for local in ("local_soft", "local_hard@0.5", "local_hard@0.3")
     for fix in ("", "+prior", "+pairs")
-    for signal in ("", "+original", "+pred")
-]
+    for signal in ("", "+original", "+pred", "+original+pred")
+] + ["one_hot", "one_hot+pred"]
 
 
 def _scatter(indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -27,8 +28,18 @@ def _scatter(indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return out[:, :K]
 
 
-def _reference(scheme, classes, scores, labels, global_classes, global_scores, amb) -> torch.Tensor:
-    """Eq. 5 with index_add_, the pair rule one pair at a time, then threshold and global signal, in float32."""
+def _top1_only(global_classes, global_scores):
+    """The authors' update_pred_gt input: per row, the first stored class with the row's highest score."""
+    classes, scores = torch.full_like(global_classes, -1), torch.zeros_like(global_scores)
+    for i, (row, values) in enumerate(zip(global_classes.tolist(), global_scores.tolist(), strict=True)):
+        kept = [(v, -j) for j, (c, v) in enumerate(zip(row, values, strict=True)) if c >= 0]
+        j = -max(kept)[1]
+        classes[i, 0], scores[i, 0] = row[j], values[j]
+    return classes, scores
+
+
+def _reference(scheme, profile, classes, scores, labels, global_classes, global_scores, amb) -> torch.Tensor:
+    """Eq. 5 with index_add_, the pair rule one pair at a time, then threshold and global signals, in float32."""
     s = targets.parse_scheme(scheme)
     y = _scatter(classes, scores)
     if s.ambiguity == "prior":
@@ -47,10 +58,14 @@ def _reference(scheme, classes, scores, labels, global_classes, global_scores, a
             out[:, a] = torch.where(add_a, torch.maximum(out[:, a], y[:, b]), out[:, a])
         y = out
     if s.hard:
-        y = (y > s.tau).float()
-    if s.global_signal == "original":
+        y = (y >= s.tau if profile == "authors" else y > s.tau).float()
+    if s.local == "one_hot":
+        y = torch.nn.functional.one_hot(labels, K).float()
+    if "original" in s.global_signals:
         y[torch.arange(len(y)), labels] = 1.0
-    elif s.global_signal == "pred":
+    if "pred" in s.global_signals:
+        if profile == "authors":
+            global_classes, global_scores = _top1_only(global_classes, global_scores)
         y = torch.maximum(y, _scatter(global_classes, global_scores))
     return y
 
@@ -73,8 +88,11 @@ def _random_batch(rng, n=400):
         if rng.random() < 0.4:  # a pair's top-1 member and its partner just below
             pair = PAIRS[rng.integers(len(PAIRS))][:: rng.choice([1, -1])]
             c, s = np.r_[c, pair], np.r_[s, rng.uniform(0.95, 1.0), rng.uniform(0, 0.6)].astype(np.float32)
-        g = int(rng.integers(0, 6))
-        rows.append((c, s, int(rng.integers(0, K)), rng.choice(K, g), rng.uniform(0, 1, g).astype(np.float32)))
+        g = int(rng.integers(1, 6))
+        gs = rng.uniform(0, 1, g).astype(np.float32)
+        if g > 1 and rng.random() < 0.2:  # a tie for the whole-image top-1
+            gs[rng.integers(g)] = gs.max()
+        rows.append((c, s, int(rng.integers(0, K)), rng.choice(K, g), gs))
     return rows
 
 
@@ -99,20 +117,21 @@ def batch():
     return rows, padded, _random_ambiguity(rng)
 
 
+@pytest.mark.parametrize("profile", targets.PROFILES)
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_item_batch_and_torch_targets_equal_the_reference(batch, scheme):
+def test_item_batch_and_torch_targets_equal_the_reference(batch, scheme, profile):
     rows, padded, amb = batch
-    expected = _reference(scheme, *(torch.from_numpy(v) for v in padded.values()), amb).numpy()
+    expected = _reference(scheme, profile, *(torch.from_numpy(v) for v in padded.values()), amb).numpy()
+    parsed = targets.parse_scheme(scheme, profile)
     for i, (c, s, label, gc, gs) in enumerate(rows):
-        got = targets.dense_target(scheme, c, s, label, gc, gs, amb)
+        got = targets.dense_target(parsed, c, s, label, gc, gs, amb)
         assert got.dtype == np.float32 and got.shape == (K,)
         np.testing.assert_array_equal(got, expected[i], err_msg=f"{scheme} row {i}")
-        parsed, stored = targets.parse_scheme(scheme), c.astype(np.int16)
-        fast = targets.dense_target(parsed, stored, s, label, gc, gs, amb, check=False)
+        fast = targets.dense_target(parsed, c.astype(np.int16), s, label, gc.astype(np.int16), gs, amb, check=False)
         np.testing.assert_array_equal(fast, expected[i])
-    np.testing.assert_array_equal(targets.dense_targets(scheme, **padded, ambiguity=amb), expected)
+    np.testing.assert_array_equal(targets.dense_targets(parsed, **padded, ambiguity=amb), expected)
     tensors = {k: torch.from_numpy(v) for k, v in padded.items()}
-    np.testing.assert_array_equal(targets.dense_targets_torch(scheme, **tensors, ambiguity=amb).numpy(), expected)
+    np.testing.assert_array_equal(targets.dense_targets_torch(parsed, **tensors, ambiguity=amb).numpy(), expected)
 
 
 def test_the_fixes_act_on_the_random_rows(batch):

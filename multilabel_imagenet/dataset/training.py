@@ -17,6 +17,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -40,8 +42,9 @@ class _TargetItems:
         target_dtype: torch.dtype = torch.float32,
         ambiguity: targets.Ambiguity | None = None,
         columns: Sequence[str] = (),
+        profile: str | None = None,
     ):
-        self.scheme = targets.parse_scheme(scheme)
+        self.scheme = targets.parse_scheme(scheme, profile)
         if (crop is None) != (proposals is None):
             raise ValueError("crop-aware targets need both crop= and proposals=")
         missing = [c for c in columns if c not in labels.column_names]
@@ -106,16 +109,19 @@ class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
     """Items ``{"image", "target", "label", "image_id"}`` from a ``labels`` split for a DataLoader.
 
     ``target`` is the dense [1000] target of ``scheme`` (e.g. ``local_soft+original``, ``local_hard@0.5+pred``) in
-    ``target_dtype``. With ``crop`` (a :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching
-    ``proposals`` split), the local part of the target is crop-aware (see :func:`.crops.crop_local`), ``transform``
-    runs on the crop and items carry the crop ``box``. Without an ``image`` column (no ImageNet root), items carry
-    no image. ``columns`` names further columns to pass through; list columns come as numpy arrays in their
-    stored dtype.
+    ``target_dtype``, read as ``profile`` says (``"paper"``, the default, or ``"authors"``: the released code's
+    ``>=`` thresholds and top-1 ``+pred``; see :mod:`multilabel_imagenet.targets`). With ``crop`` (a
+    :class:`RandomResizedCropWithBox`) and ``proposals`` (the matching ``proposals`` split), the local part of the
+    target is crop-aware (see :func:`.crops.crop_local`), ``transform`` runs on the crop and items carry the crop
+    ``box``. Without an ``image`` column (no ImageNet root), items carry no image. ``columns`` names further
+    columns to pass through; list columns come as numpy arrays in their stored dtype.
     """
 
     def __init__(self, labels: datasets.Dataset, *args, **kwargs):
         super().__init__(labels, *args, **kwargs)
         table, self._rows = table_rows(labels)
+        if "pred" in self.scheme.global_signals:
+            _check_predictions(self.scheme, table)
         self._read = LabelRows(labels, table.schema, self.columns)
         self._read.table.open()
         self._proposal_rows = None if self.proposals is None else self.proposals.join(labels)
@@ -131,6 +137,17 @@ class TrainingDataset(_TargetItems, torch.utils.data.Dataset):
         if self.proposals is not None:
             proposal_row = row if self._proposal_rows is None else int(self._proposal_rows[row])
         return self._item(self._read(row), proposal_row)
+
+
+def _check_predictions(scheme: targets.Scheme, table: pa.Table) -> None:
+    """``+pred`` needs every image's whole-image prediction: refuse a split that lacks any, at once."""
+    missing = pc.sum(pc.equal(pc.list_value_length(table.column("global_classes")), 0)).as_py() or 0
+    if missing:
+        raise ValueError(
+            f"scheme {scheme.name!r} needs the labeler's whole-image prediction, but {missing:,} of "
+            f"{table.num_rows:,} images in this split have none (a dataset imported from the authors' TSV stores "
+            "none); use a scheme without +pred, e.g. local_soft+original"
+        )
 
 
 class StreamingTrainingDataset(_TargetItems, torch.utils.data.IterableDataset):
