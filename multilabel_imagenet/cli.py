@@ -225,12 +225,20 @@ _stage_command("package", "Aggregate all built splits of the work directory into
 
 @build_group.command("config")
 @click.option("--preset", type=click.Choice(["paper", "synthetic"]), default="paper", show_default=True)
+@click.option(
+    "--profile",
+    type=click.Choice(["paper", "authors"]),
+    default="paper",
+    show_default=True,
+    help="The paper's text or the authors' released code where they differ (docs/build.md, Profiles).",
+)
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-def build_config_command(preset: str, fmt: str) -> None:
-    """Print a full build configuration with the preset's defaults (edit it and pass it with --config)."""
+def build_config_command(preset: str, profile: str, fmt: str) -> None:
+    """Print a full build configuration with the preset's defaults and the profile's settings (edit it and pass it
+    with --config)."""
     from multilabel_imagenet.builder import settings
 
-    click.echo(settings.BuildConfig.preset(preset).dumps(fmt), nl=False)
+    click.echo(settings.BuildConfig.preset(preset).with_profile(profile).dumps(fmt), nl=False)
 
 
 _checkpoint_option = click.option(
@@ -695,15 +703,16 @@ def import_cutler_command(file: Path, output: Path, version: str, source: str | 
 @click.option("--repo-id", required=True, help="Hub dataset repo ORG/NAME (created if needed).")
 @click.option("--version", "version", required=True, help="X.Y.Z; must equal the folder's build.json version.")
 @click.option("--private", is_flag=True, help="Create the repo private.")
-@click.option("--dry-run", is_flag=True, help="List what would be uploaded and deleted; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Check the folder and card, list what would change; write nothing.")
 def publish_command(folder: Path, repo_id: str, version: str, private: bool, dry_run: bool) -> None:
-    """Upload dataset FOLDER to the Hub in several commits, then tag the last one vX.Y.Z (never overwritten)."""
+    """Upload dataset FOLDER to the Hub as one commit (shards, card, build.json; stale shards deleted), tagged vX.Y.Z
+    (never overwritten). Shards are pre-uploaded first, so main never holds a mixed release."""
     from huggingface_hub.errors import HfHubHTTPError
 
     from multilabel_imagenet.dataset import hub
 
     try:
-        result = hub.publish(folder, repo_id, version, private=private, dry_run=dry_run)
+        result = hub.publish(folder, repo_id, version, private=private, dry_run=dry_run, progress=click.echo)
     except (ValueError, hub.PublishError, HfHubHTTPError) as err:
         raise click.ClickException(str(err)) from None
     plan = result.plan
@@ -713,12 +722,13 @@ def publish_command(folder: Path, repo_id: str, version: str, private: bool, dry
         click.echo(f"+ {path}")
     for path in plan.delete:
         click.echo(f"- {path}")
-    commits = len(plan.batches) + (1 if plan.final or plan.delete or not plan.batches else 0)
     click.echo(f"{len(plan.upload)} to upload, {len(plan.delete)} to delete, {len(plan.unchanged)} unchanged")
     if dry_run:
-        click.echo(f"dry run: {commits} commit(s) and tag {plan.tag} would follow")
+        step = "one commit" if plan.needs_commit else "no commit (main already holds it)"
+        click.echo(f"dry run: the card passed the checks; {step} and tag {plan.tag} would follow")
         return
-    click.echo(f"{len(result.commits)} commit(s); tagged {plan.tag} on {result.tagged_commit}")
+    made = "1 commit" if result.committed else "no commit needed"
+    click.echo(f"{made}; tagged {plan.tag} on {result.commit}")
 
 
 # --- MaskCut configurations (library: multilabel_imagenet.builder.configs) ---

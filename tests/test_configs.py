@@ -73,3 +73,5 @@ def test_build_profiles_set_their_settings_and_explicit_ones_win():
     assert demo.with_profile("paper").labeler_config().pooling == "features"
     with pytest.raises(ValueError, match="profile must be one of"):
         BuildConfig.from_dict({"profile": "cutler"})
+    printed = CliRunner().invoke(main, ["build", "config", "--profile", "authors", "--format", "json"])
+    assert printed.exit_code == 0 and BuildConfig.from_dict(json.loads(printed.output)) == authors
