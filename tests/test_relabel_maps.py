@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,91 @@ def test_vanished_masks_are_recorded_and_the_others_selected(tmp_path):
     )
     assert failure is not None and f"proposals [{len(masks) - 1}] vanish" in failure.reason
     assert samples and all(len(masks) - 1 not in s.mask_indices for s in samples)
+
+
+def _malformed_maps(good: torch.Tensor) -> dict[str, object]:
+    """Maps of the wrong dtype, layout or shape, each built here (beside shape.pt of test_read_map_validates)."""
+    huge = good.double().clone()
+    huge[0] *= 1e300  # finite in float64, infinite once cast to float32
+    rounded = good.clone()
+    rounded[1, 0, 0, 0] = 999.0  # bfloat16 rounds 999 to 1000
+    return {
+        "sparse.pt": good.to_sparse(),
+        "sparse_csr.pt": good.reshape(150, 15).to_sparse_csr(),
+        "meta.pt": torch.empty(2, 5, 15, 15, device="meta"),
+        "complex.pt": good.to(torch.complex64),
+        "bool.pt": good > 0,
+        "int64.pt": good.long(),
+        "uint8.pt": good.to(torch.uint8),
+        "float8.pt": good.to(torch.float8_e4m3fn),
+        "huge.pt": huge,
+        "bfloat16.pt": rounded.bfloat16(),
+        "scalar.pt": torch.tensor(1.0),
+        "flat.pt": good.flatten(),
+        "empty.pt": torch.zeros(0),
+        "batched.pt": good[None],
+        "swapped.pt": good.permute(1, 0, 2, 3),
+        "list.pt": [good],
+    }
+
+
+MALFORMED_REASONS = {
+    "sparse.pt": "expected a dense tensor, found a sparse_coo one",
+    "sparse_csr.pt": "expected a dense tensor, found a sparse_csr one",
+    "meta.pt": "holds no values",
+    "complex.pt": "expected a tensor of float16, bfloat16, float32, float64, found complex64",
+    "bool.pt": "found bool",
+    "int64.pt": "found int64",
+    "uint8.pt": "found uint8",
+    "float8.pt": "found float8_e4m3fn",
+    "huge.pt": r"beyond the float32 range \(largest 1\.\d+e\+30\d\)",
+    "bfloat16.pt": r"class indices must be integers in 0..999; \d+ are not, e.g. 1000 at \[1, 0, 0, 0\]",
+    "scalar.pt": r"expected shape \[2, 5, 15, 15\], found \[\]",
+    "flat.pt": r"found \[2250\]",
+    "empty.pt": r"found \[0\]",
+    "batched.pt": r"found \[1, 2, 5, 15, 15\]",
+    "swapped.pt": r"found \[5, 2, 15, 15\]",
+    "list.pt": "expected a tensor, found list",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants", "ignore:Sparse CSR tensor support")
+def test_read_map_refuses_wrong_dtypes_layouts_and_shapes(tmp_path):
+    good = torch.from_numpy(_random_map(np.random.default_rng(4)))
+    for name, obj in _malformed_maps(good).items():
+        with pytest.raises(RelabelMapError, match=MALFORMED_REASONS[name]):
+            relabel_maps.read_map(_save(tmp_path, name, obj))
+
+
+def test_maps_saved_with_requires_grad_are_read_for_their_values(tmp_path):
+    good = torch.from_numpy(_random_map(np.random.default_rng(5)))
+    saved = {"grad.pt": good.clone().requires_grad_(True), "param.pt": torch.nn.Parameter(good.clone())}
+    for name, obj in saved.items():
+        np.testing.assert_array_equal(relabel_maps.read_map(_save(tmp_path, name, obj)), good.numpy())
+    np.testing.assert_array_equal(relabel_maps.read_map(_save(tmp_path, "f64.pt", good.double())), good.numpy())
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants", "ignore:Sparse CSR tensor support")
+def test_select_records_every_malformed_map_and_goes_on(tmp_path):
+    scene = synthetic.make_scene(0)
+    good = torch.from_numpy(synthetic.relabel_map(scene))
+    masks = np.stack([o.mask for o in scene.objects])
+    maps = {"good.pt": good, "grad.pt": good.clone().requires_grad_(True), **_malformed_maps(good)}
+    items = []
+    for name, obj in maps.items():
+        path = f"n01440764/{name.removesuffix('.pt')}.JPEG"
+        target = relabel_maps.map_path(tmp_path, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, target)
+        items.append((name, path, scene.label, masks))
+    results = {
+        image_id: (samples, failure) for image_id, samples, failure in relabel_maps.iter_selections(items, tmp_path)
+    }
+    assert list(results) == [i[0] for i in items]  # every image, in order: none aborts the run
+    for name in ("good.pt", "grad.pt"):
+        samples, failure = results[name]
+        assert failure is None and samples
+    for name, reason in MALFORMED_REASONS.items():
+        samples, failure = results[name]
+        assert samples == [] and failure is not None and failure.image_id == name
+        assert re.search(reason, failure.reason), (name, failure.reason)

@@ -60,9 +60,17 @@ def map_path(maps_root: str | Path, image_path: str) -> Path:
     return Path(maps_root) / Path(image_path).with_suffix(".pt")
 
 
+MAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Dtypes a map may be stored in (ReLabel's are float32; float16 halves the files)."""
+
+
 def read_map(path: str | Path) -> np.ndarray:
     """Load and validate a map as float32 [2, 5, 15, 15]; raises :class:`RelabelMapError`. Never unpickles
-    arbitrary objects (``weights_only=True``)."""
+    arbitrary objects (``weights_only=True``).
+
+    A map must be one dense tensor of a dtype in :data:`MAP_DTYPES` (an ``nn.Parameter`` or a tensor saved with
+    ``requires_grad=True`` is read for its values), finite, with logits within the float32 range and class
+    indices that are integers in 0..999."""
     path = Path(path)
     if not path.is_file():
         raise RelabelMapError(path, "ReLabel map not found")
@@ -72,14 +80,34 @@ def read_map(path: str | Path) -> np.ndarray:
         raise RelabelMapError(path, f"cannot load as a tensor file: {type(err).__name__}: {err}") from None
     if not isinstance(data, torch.Tensor):
         raise RelabelMapError(path, f"expected a tensor, found {type(data).__name__}")
+    if data.layout != torch.strided:
+        raise RelabelMapError(path, f"expected a dense tensor, found a {str(data.layout).removeprefix('torch.')} one")
+    if data.is_meta:
+        raise RelabelMapError(path, "the tensor holds no values (saved from the meta device)")
+    if data.dtype not in MAP_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in MAP_DTYPES)
+        raise RelabelMapError(path, f"expected a tensor of {names}, found {str(data.dtype).removeprefix('torch.')}")
     if tuple(data.shape) != (2, TOPK, GRID, GRID):
         raise RelabelMapError(path, f"expected shape [2, {TOPK}, {GRID}, {GRID}], found {list(data.shape)}")
-    label_map = data.float().numpy()
-    if not np.isfinite(label_map).all():
+    try:  # any tensor torch.load can return: a failure here is the file's, recorded like the others
+        stored = data.detach().numpy() if data.dtype != torch.bfloat16 else data.detach().float().numpy()
+    except Exception as err:
+        raise RelabelMapError(path, f"cannot read the tensor's values: {type(err).__name__}: {err}") from None
+    if not np.isfinite(stored).all():
         raise RelabelMapError(path, "holds NaN or infinite values")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused next
+        label_map = stored.astype(np.float32)
+    if not np.isfinite(label_map).all():
+        raise RelabelMapError(path, f"holds values beyond the float32 range (largest {np.abs(stored).max():.3g})")
     indices = label_map[1]
-    if (indices != np.round(indices)).any() or indices.min() < 0 or indices.max() >= classes.NUM_CLASSES:
-        raise RelabelMapError(path, f"class indices must be integers in 0..{classes.NUM_CLASSES - 1}")
+    bad = np.argwhere((indices != np.round(indices)) | (indices < 0) | (indices >= classes.NUM_CLASSES))
+    if len(bad):
+        k, y, x = (int(v) for v in bad[0])
+        raise RelabelMapError(
+            path,
+            f"class indices must be integers in 0..{classes.NUM_CLASSES - 1}; {len(bad)} are not, e.g. "
+            f"{indices[k, y, x]:g} at [1, {k}, {y}, {x}]",
+        )
     return label_map
 
 
