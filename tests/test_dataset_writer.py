@@ -236,3 +236,55 @@ def test_rle_text_over_2_gib_writes_and_loads(tmp_path):
         assert first == counts(start)
         checked += 1
     assert total == rows * counts_bytes > 2**31 and checked == rows // 100
+
+
+def test_an_interrupted_write_leaves_the_previous_files_whole(records, tmp_path, monkeypatch):
+    """A kill mid-write (here: an interrupt as build.json or a shard is renamed) never leaves a torn file."""
+    folder = writer.write_dataset(tmp_path / "f", BUILD, labels=records[0])
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    replace_file = writer._replace
+
+    def interrupted(tmp, path):
+        if path.name == "build.json":
+            raise KeyboardInterrupt
+        replace_file(tmp, path)
+
+    monkeypatch.setattr(writer, "_replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_config(folder, "proposals", records[1], BUILD)
+    assert writer.read_build_json(folder) == json.loads(before[folder / writer.BUILD_JSON])
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+    def torn_shard(tmp, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_replace", torn_shard)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_config(folder, "proposals", records[1], BUILD)
+    assert not (folder / "data/proposals").exists() or not list((folder / "data/proposals").iterdir())
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    writer.check_folder(folder, "labels")
+
+
+def test_two_writers_of_different_configs_both_land_in_build_json(records, tmp_path):
+    import threading
+
+    folder = tmp_path / "both"
+    errors = []
+
+    def write(config, recs):
+        try:
+            writer.write_config(folder, config, recs, BUILD)
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [
+        threading.Thread(target=write, args=args) for args in (("labels", records[0]), ("proposals", records[1]))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(writer.read_build_json(folder)["configs"]) == {"labels", "proposals"}

@@ -8,17 +8,22 @@ Layout (a folder = a Hub dataset repo)::
     metadata/build.json                               version, fingerprints, parameters, models, statistics
 
 Deterministic: the same records and build info give the same bytes (no timestamps; fixed Parquet settings).
+Every file is written under a hidden temporary name and renamed into place when complete (:func:`write_atomic`),
+so a kill mid-write or a second writer never leaves a torn shard, build.json or card.
 Writing a config replaces that config's shards and leaves the other config as it is, so importers can fill the
 two configs of one folder from different sources.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +128,58 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _temporary(path: Path) -> Path:
+    """A hidden name beside ``path``, unique to this process and thread (never read by a loader or a publish)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """fsync ``tmp`` and rename it to ``path`` (atomic on POSIX), then fsync the folder so the rename persists."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # not every platform opens a folder for fsync
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` under a hidden temporary name, then rename it into place: a reader, a concurrent
+    writer or a kill mid-write sees the old file or the new one, never a torn one (a kill may leave a hidden
+    ``.NAME.*.tmp`` file, which nothing reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(data)
+        _replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``folder`` (created if needed; no lock file is left behind) where the
+    platform has ``fcntl``; elsewhere no lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename still rules out a torn file
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def shard_count(num_rows: int, num_bytes: int, policy: ShardPolicy = ShardPolicy()) -> int:
     """Number of shards for a split of ``num_rows`` rows taking ``num_bytes`` in memory (see :class:`ShardPolicy`)."""
     by_size = max(1, math.ceil(num_bytes / policy.target_shard_bytes))
@@ -165,13 +222,21 @@ def _write_shards(folder: Path, config: str, split: str, spooled: spool.Spool, p
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         left = bounds[index + 1] - bounds[index]
-        with pq.ParquetWriter(path, spooled.arrow_schema, compression=policy.compression, write_page_index=True) as out:
-            if left == 0:
-                out.write_table(spooled.arrow_schema.empty_table())
-            while left:
-                table = _take(pending, batches, min(left, group_rows))
-                out.write_table(table, row_group_size=table.num_rows)
-                left -= table.num_rows
+        tmp = _temporary(path)  # renamed into place when complete: a kill never leaves a torn shard under its name
+        try:
+            with pq.ParquetWriter(
+                tmp, spooled.arrow_schema, compression=policy.compression, write_page_index=True
+            ) as out:
+                if left == 0:
+                    out.write_table(spooled.arrow_schema.empty_table())
+                while left:
+                    table = _take(pending, batches, min(left, group_rows))
+                    out.write_table(table, row_group_size=table.num_rows)
+                    left -= table.num_rows
+            _replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         size = path.stat().st_size
         files.append(
             {"path": rel, "num_rows": bounds[index + 1] - bounds[index], "num_bytes": size, "sha256": file_sha256(path)}
@@ -285,19 +350,21 @@ def write_config(
             }
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
-    build_json = read_build_json(folder) if (folder / BUILD_JSON).exists() else {"configs": {}}
-    configs = {**build_json["configs"], config: entry}
-    manifest = {
-        "format": FORMAT_VERSION,
-        "name": "multilabel-imagenet",
-        "version": build.version,
-        "code_version": build.code_version,
-        "configs": dict(sorted(configs.items())),
-    }
-    manifest["fingerprint"] = fingerprint(manifest["configs"])
     path = folder / BUILD_JSON
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    # Read, merge and replace under a lock, so two writers of different configs both land; the atomic rename means
+    # a kill mid-write leaves the previous build.json, never a torn one.
+    with _locked(path.parent):
+        build_json = read_build_json(folder) if path.exists() else {"configs": {}}
+        configs = {**build_json["configs"], config: entry}
+        manifest = {
+            "format": FORMAT_VERSION,
+            "name": "multilabel-imagenet",
+            "version": build.version,
+            "code_version": build.code_version,
+            "configs": dict(sorted(configs.items())),
+        }
+        manifest["fingerprint"] = fingerprint(manifest["configs"])
+        write_atomic(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return entry
 
 
@@ -319,7 +386,5 @@ def write_dataset(
     card.write_card(folder)
     if not _SCRIPT_SOURCE.is_file():
         raise FileNotFoundError(f"{_SCRIPT_SOURCE}: the classic loading script is missing from the installed package")
-    script = Path(folder) / LOADING_SCRIPT
-    script.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_SCRIPT_SOURCE, script)
+    write_atomic(Path(folder) / LOADING_SCRIPT, _SCRIPT_SOURCE.read_bytes())
     return Path(folder)
