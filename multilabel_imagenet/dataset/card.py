@@ -104,8 +104,11 @@ def _distribution_rows(manifest: dict) -> list[dict]:
     ]
 
 
-def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> Path:
-    """A grouped bar chart (PNG) of label-count distributions: ``series`` maps a name to Table-5-style buckets."""
+def label_counts_png(series: dict[str, dict[str, float]]) -> bytes:
+    """A grouped bar chart (PNG bytes) of label-count distributions: ``series`` maps a name to Table-5-style
+    buckets. The same series give the same bytes."""
+    import io
+
     from PIL import Image, ImageDraw, ImageFont
 
     width, height, left, bottom, top = 720, 400, 60, 50, 40
@@ -132,23 +135,34 @@ def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> 
         draw.rectangle([width - 260, 10 + 16 * s, width - 250, 20 + 16 * s], fill=colours[s % 4])
         draw.text((width - 244, 8 + 16 * s), name, fill="black", font=font)
     draw.text((left, 10), "Images by number of labels (score > 0.5)", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """:func:`label_counts_png` written (atomically) to ``path``."""
+    return writer.write_atomic(path, label_counts_png(series))
+
+
+def figure_png(manifest: dict) -> bytes | None:
+    """The label-count figure of a build.json ``manifest`` (PNG bytes), or None without a ``labels`` config."""
+    labels = manifest["configs"].get("labels")
+    if labels is None:
+        return None
+    series = {
+        f"this release, {s}": i["statistics"]["label_count_distribution"] for s, i in sorted(labels["splits"].items())
+    }
+    return label_counts_png({**series, "paper, Table 5": PAPER_TABLE5})
 
 
 def render_card(folder: str | Path, repo_id: str | None = None, template: str | Path = TEMPLATE) -> DatasetCard:
-    """The card for the dataset folder (reads its build.json); draws the label-count figure into the folder."""
+    """The card for the dataset folder (reads its build.json); writes nothing (the figure: :func:`figure_png`)."""
     folder = Path(folder)
     manifest = writer.read_build_json(folder)
     if not Path(template).is_file():
         raise CardError(f"{template}: dataset card template not found")
     distribution = _distribution_rows(manifest)
-    if distribution:
-        labels = manifest["configs"]["labels"]["splits"]
-        series = {f"this release, {s}": i["statistics"]["label_count_distribution"] for s, i in sorted(labels.items())}
-        draw_label_counts({**series, "paper, Table 5": PAPER_TABLE5}, folder / FIGURE)
     builds = [{"config": config, **entry["build"]} for config, entry in manifest["configs"].items()]
     split_rows = [
         {"config": config, "split": split, "num_rows": info["num_rows"], "num_files": len(info["files"])}
@@ -170,11 +184,85 @@ def render_card(folder: str | Path, repo_id: str | None = None, template: str | 
     )
 
 
+def card_bytes(card: DatasetCard) -> bytes:
+    """The README.md bytes of a rendered card."""
+    return (str(card) + "\n").encode("utf-8")
+
+
 def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
-    """Render the card and write it to ``folder/README.md``; return the path."""
-    path = Path(folder) / "README.md"
-    path.write_text(str(render_card(folder, repo_id)) + "\n", encoding="utf-8")
-    return path
+    """Render the card and write it to ``folder/README.md`` with its figure (both atomically); return the path."""
+    folder = Path(folder)
+    manifest = writer.read_build_json(folder)
+    text = card_bytes(render_card(folder, repo_id))
+    check_card(text.decode("utf-8"), manifest, folder / "README.md")
+    figure = figure_png(manifest)
+    if figure is not None:
+        writer.write_atomic(folder / FIGURE, figure)
+    return writer.write_atomic(folder / "README.md", text)
+
+
+def check_card(text: str, manifest: dict, where: str | Path = "README.md") -> dict:
+    """Validate a card's YAML header against the build.json ``manifest`` it describes; return the header.
+
+    The header must parse, and its ``configs`` must name exactly the manifest's configs (``labels`` the default when
+    present) with one data-files pattern per split that matches exactly the Parquet files build.json lists for that
+    split; ``dataset_info`` must give each config the schema's features and each split build.json's row count. This
+    is what ``datasets`` reads to find and type the files, so a card that passes cannot point a loader at the wrong
+    shards. Raises :class:`CardError` naming ``where`` and the field.
+    """
+    import fnmatch
+
+    from datasets import Features
+
+    try:
+        data = DatasetCard(text, ignore_metadata_errors=False).data.to_dict()
+    except ValueError as err:
+        raise CardError(f"{where}: unreadable YAML header ({err})") from None
+    configs = {c.get("config_name"): c for c in data.get("configs") or [] if isinstance(c, dict)}
+    expected = manifest["configs"]
+    if set(configs) != set(expected):
+        raise CardError(f"{where}: `configs` names {sorted(configs)}, build.json has {sorted(expected)}")
+    defaults = sorted(name for name, c in configs.items() if c.get("default"))
+    want_default = [schema.DEFAULT_CONFIG] if schema.DEFAULT_CONFIG in expected else []
+    if defaults != want_default:
+        raise CardError(f"{where}: default config is {defaults or 'none'}, expected {want_default or 'none'}")
+    all_files = {f["path"] for entry in expected.values() for s in entry["splits"].values() for f in s["files"]}
+    info_list = data.get("dataset_info") or []
+    info_list = [info_list] if isinstance(info_list, dict) else info_list  # one config: a mapping, not a list
+    infos = {i.get("config_name", "default"): i for i in info_list if isinstance(i, dict)}
+    for name, entry in expected.items():
+        data_files = configs[name].get("data_files")
+        patterns = {d["split"]: d["path"] for d in data_files} if isinstance(data_files, list) else {}
+        if set(patterns) != set(entry["splits"]):
+            raise CardError(
+                f"{where}: config {name!r} has data_files for {sorted(patterns)}, build.json for "
+                f"{sorted(entry['splits'])}"
+            )
+        for split, info in entry["splits"].items():
+            matched = {p for p in all_files if any(fnmatch.fnmatchcase(p, q) for q in _as_list(patterns[split]))}
+            listed = {f["path"] for f in info["files"]}
+            if matched != listed:
+                raise CardError(
+                    f"{where}: config {name!r} split {split!r}: data_files {patterns[split]!r} match "
+                    f"{sorted(matched)}, build.json lists {sorted(listed)}"
+                )
+        if name not in infos:
+            raise CardError(f"{where}: `dataset_info` has no entry for config {name!r}")
+        try:
+            features = Features._from_yaml_list(infos[name]["features"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CardError(f"{where}: config {name!r}: unreadable features in `dataset_info` ({err})") from None
+        if features != schema.features(name):
+            raise CardError(f"{where}: config {name!r}: the features in `dataset_info` are not the {name} schema")
+        rows = {s.get("name"): s.get("num_examples") for s in infos[name].get("splits") or []}
+        want = {split: info["num_rows"] for split, info in entry["splits"].items()}
+        if rows != want:
+            raise CardError(f"{where}: config {name!r}: `dataset_info` gives rows {rows}, build.json {want}")
+    return data
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def read_configs(folder: str | Path) -> dict[str, dict]:
