@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from urllib.parse import parse_qs, unquote
 
@@ -18,7 +21,7 @@ from huggingface_hub.utils._http import default_client_factory
 from test_dataset_support import BUILD, synthetic_records
 
 from multilabel_imagenet.cli import main
-from multilabel_imagenet.dataset import hub, loading, writer
+from multilabel_imagenet.dataset import card, hub, loading, writer
 
 ENDPOINT = "https://hub.test"
 _REPO = r"/api/datasets/(?P<repo>[^/]+/[^/]+)"
@@ -32,6 +35,9 @@ class FakeHub:
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.unknown: list[str] = []
+        self.lfs_puts: list[str] = []
+        self.fail_commits = 0
+        """The next this many commits answer 500 (a Hub failure after the shards were uploaded)."""
 
     def _head(self, repo: str) -> str:
         return self.repos[repo]["commits"][-1] if self.repos[repo]["commits"] else "0" * 40
@@ -72,7 +78,15 @@ class FakeHub:
         repo = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
         if repo in self.repos:
             return httpx2.Response(409, json={"error": "You already created this dataset repo", "url": repo})
-        self.repos[repo] = {"files": {}, "lfs_paths": set(), "commits": [], "tags": {}, "messages": [], "snapshots": {}}
+        self.repos[repo] = {
+            "files": {},
+            "lfs_paths": set(),
+            "commits": [],
+            "tags": {},
+            "messages": [],
+            "snapshots": {},
+            "operations": [],  # per commit: (key, path) of every operation, in order
+        }
         return httpx2.Response(200, json={"url": f"{ENDPOINT}/datasets/{repo}", "name": repo})
 
     def refs(self, request, repo):
@@ -178,25 +192,36 @@ class FakeHub:
         if hashlib.sha256(data).hexdigest() != oid:
             return httpx2.Response(400, json={"error": "sha256 mismatch"})
         self.lfs[oid] = data
+        self.lfs_puts.append(oid)
         return httpx2.Response(200)
 
     def commit(self, request, repo, rev):
         state = self.repos[repo]
-        for line in request.read().decode().splitlines():
-            item = json.loads(line)
+        if self.fail_commits:
+            self.fail_commits -= 1
+            return httpx2.Response(500, json={"error": "fake hub: internal error"})
+        items = [json.loads(line) for line in request.read().decode().splitlines()]
+        header = items[0]["value"]
+        if header.get("parentCommit", self._head(repo)) != self._head(repo):
+            return httpx2.Response(412, json={"error": "A commit has happened since. Please refresh and try again."})
+        files, lfs_paths = dict(state["files"]), set(state["lfs_paths"])  # applied only if every operation is valid
+        for item in items[1:]:
             key, value = item["key"], item["value"]
-            if key == "header":
-                state["messages"].append(value["summary"])
-            elif key == "file":
-                state["files"][value["path"]] = base64.b64decode(value["content"])
-                state["lfs_paths"].discard(value["path"])
+            if key == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+                lfs_paths.discard(value["path"])
             elif key == "lfsFile":
                 if value["oid"] not in self.lfs:
                     return httpx2.Response(400, json={"error": f"LFS object of {value['path']} was never uploaded"})
-                state["files"][value["path"]] = self.lfs[value["oid"]]
-                state["lfs_paths"].add(value["path"])
+                files[value["path"]] = self.lfs[value["oid"]]
+                lfs_paths.add(value["path"])
             elif key == "deletedFile":
-                state["files"].pop(value["path"])
+                if value["path"] not in files:
+                    return httpx2.Response(404, json={"error": "A file with this name doesn't exist"})
+                files.pop(value["path"])
+        state["files"], state["lfs_paths"] = files, lfs_paths
+        state["messages"].append(header["summary"])
+        state["operations"].append([(item["key"], item["value"]["path"]) for item in items[1:]])
         oid = hashlib.sha1(f"{repo}{len(state['commits'])}".encode(), usedforsecurity=False).hexdigest()
         state["commits"].append(oid)
         state["snapshots"][oid] = dict(state["files"])
@@ -252,47 +277,67 @@ def _api() -> HfApi:
     return HfApi(endpoint=ENDPOINT, token="hf_fake_token")
 
 
-def test_publish_uploads_in_batches_then_tags_the_last_commit(fake_hub, folder):
-    result = hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api(), max_files_per_commit=3)
+def _tree(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_publish_preuploads_the_shards_then_makes_one_tagged_commit(fake_hub, folder):
+    result = hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api(), max_files_per_upload=3)
     repo = fake_hub.repos["org/multilabel-imagenet"]
-    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert set(repo["files"]) == local
-    for path in local:
-        assert repo["files"][path] == (folder / path).read_bytes(), path
+    local = _tree(folder)
+    assert repo["files"] == local
     shards = [p for p in local if p.startswith("data/")]
     assert len(shards) == 6 and {p for p in repo["lfs_paths"] if p.startswith("data/")} == set(shards)
-    assert len(result.plan.batches) == 2 and len(repo["commits"]) == 3
-    assert repo["messages"][-1].startswith("v1.0.0: card") and repo["tags"] == {"v1.0.0": repo["commits"][-1]}
-    assert result.tagged_commit == repo["commits"][-1]
+    assert len(result.plan.batches) == 2 and len(repo["commits"]) == 1 and result.committed
+    # the one commit adds every file: shards, card, build.json, figure and loading script together
+    assert sorted(path for _, path in repo["operations"][0]) == sorted(local)
+    assert dict(repo["operations"][0])["lfsFile"] and ("file", "README.md") in repo["operations"][0]
+    assert repo["messages"] == ["v1.0.0: data shards, card, build metadata, loading script"]
+    assert repo["tags"] == {"v1.0.0": repo["commits"][0]} and result.tagged_commit == repo["commits"][0]
     assert "org/multilabel-imagenet" in repo["files"]["README.md"].decode()
-    assert ("POST", "/api/repos/create") in fake_hub.requests
+    order = [f"{m} {p}" for m, p in fake_hub.requests]
+    first_upload = next(i for i, r in enumerate(order) if r.startswith("PUT /lfs-upload/"))
+    assert order.index("POST /api/validate-yaml") < first_upload  # the card is checked before any byte goes up
+    assert order.index("POST /api/repos/create") < first_upload
+    assert first_upload < order.index("POST /api/datasets/org/multilabel-imagenet/commit/main")
 
 
-def test_existing_tag_is_refused_and_rerun_uploads_only_changes(fake_hub, folder, records, tmp_path):
-    hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
-    with pytest.raises(hub.PublishError, match="already has tag v1.0.0"):
-        hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
-    assert len(fake_hub.repos["org/multilabel-imagenet"]["commits"]) == 2
-
+def _v2(records, tmp_path):
     smaller = {split: rows[:3] for split, rows in records[0].items()}
     policy = writer.ShardPolicy(min_rows_per_shard=2)
     v2 = replace(BUILD, version="1.1.0")
-    folder2 = writer.write_dataset(tmp_path / "v2", v2, labels=smaller, proposals=records[1], policy=policy)
+    folder = writer.write_dataset(tmp_path / "v2", v2, labels=smaller, proposals=records[1], policy=policy)
+    return folder, smaller
+
+
+def test_a_new_version_replaces_the_old_in_one_commit_with_its_stale_shards_deleted(
+    fake_hub, folder, records, tmp_path
+):
+    hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    with pytest.raises(hub.PublishError, match="already has tag v1.0.0"):
+        hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    repo = fake_hub.repos["org/multilabel-imagenet"]
+    assert len(repo["commits"]) == 1
+
+    folder2, smaller = _v2(records, tmp_path)
     plan, _ = hub.plan_publish(folder2, "org/multilabel-imagenet", "1.1.0", _api())
+    assert plan.parent_commit == repo["commits"][0]
     proposals = [p.relative_to(folder2).as_posix() for p in sorted((folder2 / "data/proposals").iterdir())]
     assert set(proposals) <= set(plan.unchanged)  # the writer is deterministic: same records, same shards
     assert not any(p.startswith("data/proposals/") for p in plan.upload)
-    remote = fake_hub.repos["org/multilabel-imagenet"]["files"]
-    stale = sorted(p for p in remote if p.startswith("data/labels/") and not (folder2 / p).exists())
+    stale = sorted(p for p in repo["files"] if p.startswith("data/labels/") and not (folder2 / p).exists())
     assert stale and plan.delete == stale
     assert "data/labels/train-00000-of-00001.parquet" in plan.upload  # 3 train rows: one shard now
     assert "data/labels/validation-00000-of-00001.parquet" in plan.unchanged  # the same 2 validation rows
+    assert {"README.md", "metadata/build.json"} <= set(plan.upload)
     hub.publish(folder2, "org/multilabel-imagenet", "1.1.0", api=_api())
-    repo = fake_hub.repos["org/multilabel-imagenet"]
-    assert sorted(p for p in repo["files"] if p.startswith("data/labels/")) == sorted(
-        p.relative_to(folder2).as_posix() for p in (folder2 / "data/labels").iterdir()
-    )
-    assert set(repo["tags"]) == {"v1.0.0", "v1.1.0"} and repo["tags"]["v1.1.0"] == repo["commits"][-1]
+    assert len(repo["commits"]) == 2  # main went from v1.0.0 to v1.1.0 in one step: no mixed snapshot existed
+    assert repo["snapshots"][repo["commits"][0]] == _tree(folder)
+    assert repo["snapshots"][repo["commits"][1]] == _tree(folder2)
+    operations = repo["operations"][1]
+    assert sorted(p for k, p in operations if k == "deletedFile") == stale
+    assert sorted(p for k, p in operations if k != "deletedFile") == sorted(plan.upload)
+    assert set(repo["tags"]) == {"v1.0.0", "v1.1.0"} and repo["tags"]["v1.1.0"] == repo["commits"][1]
 
     # load() reads each pinned release back through the same fake Hub.
     cache = tmp_path / "datasets_cache"
@@ -304,6 +349,58 @@ def test_existing_tag_is_refused_and_rerun_uploads_only_changes(fake_hub, folder
     assert [r["image_id"] for r in streamed] == [r.image_id for r in records[1]["validation"]]
 
 
+def test_a_failed_commit_leaves_main_unchanged_and_a_rerun_sends_no_shard_twice(fake_hub, folder, records, tmp_path):
+    hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    repo = fake_hub.repos["org/multilabel-imagenet"]
+    folder2, _ = _v2(records, tmp_path)
+    puts = len(fake_hub.lfs_puts)
+    fake_hub.fail_commits = 1
+    with pytest.raises(
+        hub.PublishError, match="the release commit was not made: the Hub refused it .*500.* main is unchanged"
+    ):
+        hub.publish(folder2, "org/multilabel-imagenet", "1.1.0", api=_api())
+    assert len(repo["commits"]) == 1 and repo["files"] == _tree(folder) and set(repo["tags"]) == {"v1.0.0"}
+    uploaded = fake_hub.lfs_puts[puts:]
+    assert uploaded  # the new shards went up before the commit failed
+    hub.publish(folder2, "org/multilabel-imagenet", "1.1.0", api=_api())
+    assert not set(fake_hub.lfs_puts[puts + len(uploaded) :]) & set(uploaded)  # none of them went up again
+    assert len(repo["commits"]) == 2 and repo["files"] == _tree(folder2)
+
+
+def test_main_moving_under_a_publish_refuses_the_commit(fake_hub, folder, records, tmp_path, monkeypatch):
+    hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    folder2, _ = _v2(records, tmp_path)
+    planned = hub.plan_publish
+
+    def plan_then_someone_commits(*args, **kwargs):
+        plan = planned(*args, **kwargs)
+        _api().upload_file(
+            path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id="org/multilabel-imagenet", repo_type="dataset"
+        )
+        return plan
+
+    monkeypatch.setattr(hub, "plan_publish", plan_then_someone_commits)
+    with pytest.raises(hub.PublishError, match="not made: main moved since the plan"):
+        hub.publish(folder2, "org/multilabel-imagenet", "1.1.0", api=_api())
+    repo = fake_hub.repos["org/multilabel-imagenet"]
+    assert repo["files"] == {**_tree(folder), "notes.txt": b"x"} and set(repo["tags"]) == {"v1.0.0"}
+
+
+def test_a_failed_tag_is_completed_by_a_rerun_without_a_second_commit(fake_hub, folder, monkeypatch):
+    def no_tag(self, *args, **kwargs):
+        raise httpx2.ConnectError("connection reset")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HfApi, "create_tag", no_tag)
+        with pytest.raises(hub.PublishError, match="is on main but not tagged v1.0.0: rerun to tag it"):
+            hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    repo = fake_hub.repos["org/multilabel-imagenet"]
+    assert len(repo["commits"]) == 1 and not repo["tags"]
+    result = hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    assert not result.plan.upload and not result.committed and len(repo["commits"]) == 1
+    assert repo["tags"] == {"v1.0.0": repo["commits"][0]}
+
+
 def test_version_must_match_build_json(fake_hub, folder):
     with pytest.raises(hub.PublishError, match=r"build.json says version 1.0.0, not 2.0.0"):
         hub.publish(folder, "org/multilabel-imagenet", "2.0.0", api=_api())
@@ -312,27 +409,92 @@ def test_version_must_match_build_json(fake_hub, folder):
     assert fake_hub.repos == {}
 
 
-def test_cli_dry_run_lists_changes_and_writes_nothing(fake_hub, folder, monkeypatch):
+def test_a_card_that_does_not_match_build_json_is_refused_before_any_request(fake_hub, folder, monkeypatch):
+    render = card.render_card
+
+    def wrong_files(*args, **kwargs):  # the YAML points the train split at the validation shards
+        text = str(render(*args, **kwargs))
+        return DatasetCard(text.replace("data/labels/train-*.parquet", "data/labels/validation-*.parquet"))
+
+    monkeypatch.setattr(card, "render_card", wrong_files)
+    with pytest.raises(hub.PublishError, match=r"config 'labels' split 'train': data_files .* nothing was uploaded"):
+        hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api(), dry_run=True)
+    assert fake_hub.requests == []
+
+
+def test_a_card_the_hub_rejects_is_refused_before_any_upload(fake_hub, folder, monkeypatch):
+    rejected = {"errors": [{"message": '"license" must be one of [apache-2.0, mit, other, ...]'}], "warnings": []}
+    monkeypatch.setattr(fake_hub, "validate_yaml", lambda request: httpx2.Response(400, json=rejected))
+    with pytest.raises(
+        hub.PublishError,
+        match='the Hub rejects the card\'s YAML header \\(Invalid metadata in README.md. - "license" must be',
+    ):
+        hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api())
+    assert fake_hub.repos == {} and [m for m, _ in fake_hub.requests] == ["POST"]
+
+
+def test_cli_dry_run_checks_the_card_lists_changes_and_writes_nothing(fake_hub, folder, monkeypatch):
     monkeypatch.setattr(hub, "HfApi", _api)
-    readme = (folder / "README.md").read_bytes()
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    (folder / card.FIGURE).unlink()  # a dry run does not even redraw a missing figure
+    del before[folder / card.FIGURE]
     result = CliRunner().invoke(
         main, ["publish", str(folder), "--repo-id", "org/multilabel-imagenet", "--version", "1.0.0", "--dry-run"]
     )
     assert result.exit_code == 0, result.output
     assert "org/multilabel-imagenet does not exist yet" in result.output
     assert "+ data/labels/train-00000-of-00002.parquet" in result.output and "tag v1.0.0" in result.output
-    assert fake_hub.repos == {} and (folder / "README.md").read_bytes() == readme
-    assert all(method == "GET" for method, _ in fake_hub.requests)
+    assert "the card passed the checks; one commit" in result.output
+    assert fake_hub.repos == {}
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()} == before
+    assert {(m, p) for m, p in fake_hub.requests if m != "GET"} == {("POST", "/api/validate-yaml")}
     result = CliRunner().invoke(
         main, ["publish", str(folder), "--repo-id", "org/multilabel-imagenet", "--version", "1.0.0"]
     )
     assert result.exit_code == 0, result.output
-    assert "tagged v1.0.0" in result.output and "v1.0.0" in fake_hub.repos["org/multilabel-imagenet"]["tags"]
+    assert "1 commit; tagged v1.0.0" in result.output and "v1.0.0" in fake_hub.repos["org/multilabel-imagenet"]["tags"]
+    assert fake_hub.repos["org/multilabel-imagenet"]["files"] == _tree(folder)  # the folder mirrors the release
+
+
+def test_no_network_is_a_clear_message(folder, monkeypatch, tmp_path):
+    def unreachable(request):
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub_cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agents.json"))
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(unreachable)))
+    try:
+        monkeypatch.setattr(hub, "HfApi", _api)
+        for extra in (["--dry-run"], []):
+            result = CliRunner().invoke(
+                main, ["publish", str(folder), "--repo-id", "org/multilabel-imagenet", "--version", "1.0.0", *extra]
+            )
+            assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+            assert f"cannot reach the Hub at {ENDPOINT} (ConnectError" in result.output
+            assert "the folder and its card passed the local checks; nothing was uploaded" in result.output
+    finally:
+        huggingface_hub.set_client_factory(default_client_factory)
+
+
+def test_hf_hub_offline_is_a_clear_message(folder, tmp_path):
+    """The real CLI in a fresh interpreter with HF_HUB_OFFLINE=1 (read at import): a message, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    readme = (folder / "README.md").read_bytes()
+    for extra in (["--dry-run"], []):
+        command = [sys.executable, "-m", "multilabel_imagenet", "publish", str(folder), "--repo-id", "org/x"]
+        done = subprocess.run(
+            [*command, "--version", "1.0.0", *extra], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert "Error: HF_HUB_OFFLINE is set: publishing (and --dry-run" in done.stderr
+        assert "the folder and its card passed the local checks; nothing was uploaded" in done.stderr
+    assert (folder / "README.md").read_bytes() == readme
 
 
 def test_publish_into_an_existing_empty_repo(fake_hub, folder):
     _api().create_repo("org/empty", repo_type="dataset")
     plan, _ = hub.plan_publish(folder, "org/empty", "1.0.0", _api())
-    assert plan.repo_exists and not plan.unchanged and not plan.delete
+    assert plan.repo_exists and not plan.unchanged and not plan.delete and plan.parent_commit is None
     hub.publish(folder, "org/empty", "1.0.0", api=_api())
     assert fake_hub.repos["org/empty"]["tags"] == {"v1.0.0": fake_hub.repos["org/empty"]["commits"][-1]}
