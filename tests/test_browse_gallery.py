@@ -15,7 +15,7 @@ from test_dataset_support import BUILD
 from multilabel_imagenet import classes
 from multilabel_imagenet.browse import gallery, overlay, source
 from multilabel_imagenet.cli import main
-from multilabel_imagenet.dataset import schema, writer
+from multilabel_imagenet.dataset import loading, schema, writer
 from multilabel_imagenet.evaluation.benchmarks import NUM_VAL_IMAGES
 
 TENCH = 0  # a class no synthetic scene has
@@ -201,6 +201,8 @@ def test_hub_repo_ids_need_a_revision_and_load_through_datasets(demo, tmp_path, 
 
     for name in ("load_dataset", "get_dataset_config_names", "get_dataset_split_names"):
         monkeypatch.setattr(datasets, name, local(getattr(datasets, name)))
+    # load() resolves the revision on the Hub first; here the "Hub" is the local folder
+    monkeypatch.setattr(loading, "pin_revision", lambda repo_id, revision, *args: ("f" * 40, True))
     args = ["org/multilabel-imagenet", "--revision", "v1.0.0", "--images", str(demo["root"] / "scenes")]
     output = _show(*args, "--output", str(tmp_path / "g"), "--split", "validation")
     assert "4 images" in output

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from urllib.parse import parse_qs, unquote
 
+import datasets
 import httpx2
 import huggingface_hub
 import pytest
@@ -498,3 +499,50 @@ def test_publish_into_an_existing_empty_repo(fake_hub, folder):
     assert plan.repo_exists and not plan.unchanged and not plan.delete and plan.parent_commit is None
     hub.publish(folder, "org/empty", "1.0.0", api=_api())
     assert fake_hub.repos["org/empty"]["tags"] == {"v1.0.0": fake_hub.repos["org/empty"]["commits"][-1]}
+
+
+def test_a_pinned_revision_holds_without_the_hub(fake_hub, folder, records, tmp_path, monkeypatch):
+    """Offline or unreachable, load() reads exactly the pinned release from the cache, or raises; datasets alone
+    would return the most recently cached release for any revision, with a warning."""
+    repo_id = "org/multilabel-imagenet"
+    hub.publish(folder, repo_id, "1.0.0", api=_api())
+    folder2, smaller = _v2(records, tmp_path)
+    hub.publish(folder2, repo_id, "1.1.0", api=_api())
+    cache = tmp_path / "datasets_cache"
+    old_ids = [r.image_id for r in records[0]["train"]]
+    new_ids = [r.image_id for r in smaller["train"]]
+    with pytest.raises(loading.RevisionError, match="has no revision 'v9.9.9' on the Hub"):
+        loading.load(repo_id, "labels", "train", revision="v9.9.9", cache_dir=cache)
+    assert loading.load(repo_id, "labels", "train", revision="v1.0.0", cache_dir=cache)["image_id"] == old_ids
+    assert loading.load(repo_id, "labels", "train", revision="v1.1.0", cache_dir=cache)["image_id"] == new_ids
+    assert set(loading.cached_refs(repo_id)) == {"v1.0.0", "v1.1.0"}
+
+    def no_request(request):
+        raise AssertionError(f"offline, yet a request: {request.method} {request.url}")
+
+    def refused(request):
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(no_request)))
+    with monkeypatch.context() as offline:
+        offline.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        offline.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        # v1.1.0 was cached last: the release datasets' own fallback would hand back for any revision
+        assert loading.load(repo_id, "labels", "train", revision="v1.0.0", cache_dir=cache)["image_id"] == old_ids
+        assert loading.load(repo_id, "labels", "train", revision="v1.1.0", cache_dir=cache)["image_id"] == new_ids
+        streamed = loading.load(repo_id, "labels", "train", revision="v1.0.0", cache_dir=cache, streaming=True)
+        assert [row["image_id"] for row in streamed] == old_ids
+        with pytest.raises(
+            loading.RevisionError,
+            match=r"revision 'v9.9.9' is not in the local cache and HF_HUB_OFFLINE is set, so it cannot be looked up "
+            r"\(the cache holds v1.0.0 \([0-9a-f]{12}\), v1.1.0 \([0-9a-f]{12}\)\)",
+        ):
+            loading.load(repo_id, "labels", "train", revision="v9.9.9", cache_dir=cache)
+        with pytest.raises(loading.RevisionError, match="revision 'v1.0.0' .* of config 'proposals' is not in the"):
+            loading.load(repo_id, "proposals", "train", revision="v1.0.0", cache_dir=cache)
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(refused)))
+    with pytest.raises(
+        loading.RevisionError, match=r"'v9.9.9' is not in the local cache and the Hub cannot be reached"
+    ):
+        loading.load(repo_id, "labels", "train", revision="v9.9.9", cache_dir=cache)
+    assert loading.load(repo_id, "labels", "train", revision="v1.0.0", cache_dir=cache)["image_id"] == old_ids
