@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import replace
 
@@ -120,7 +121,7 @@ def test_tsv_without_images_and_empty_lists(tmp_path):
         ("{w}/{w}_1.JPEG\t6\t6\t1.0000", r":1: .* lies in folder {w} but gt_index 6 is"),
         ("{w}/{w}_1.JPEG\t5\t5,7\t1.0000", r":1: 2 class indices but 1 probabilities"),
         ("{w}/{w}_1.JPEG\t5\t5\t1.2", r":1: probabilities \[1.2\] must lie in \[0, 1\]"),
-        ("{w}/{w}_1.JPEG\tfive\t5\t1.0", r":1: gt_index 'five' is not an integer"),
+        ("{w}/{w}_1.JPEG\tfive\t5\t1.0", r":1: gt_index 'five' is not a class index \(digits 0-9\)"),
         ("{w}/{w}_1.JPEG\t5\t5\t1.0\textra", r":1: expected filename, gt_index, idx_list, prob_list; found 5"),
     ],
 )
@@ -138,6 +139,87 @@ def test_tsv_repeated_image_names_its_second_line(tmp_path):
     path.write_text("".join(f"{wnid}/{wnid}_{k}.JPEG\t5\t5\t1.0\n" for k in (1, 2, 3, 2, 1)))
     with pytest.raises(importers.ImportFormatError, match=rf"repeat.tsv:4: image {wnid}_2 appears twice"):
         list(importers.read_tsv(path))
+
+
+def _two_lines(wnid: str) -> str:
+    return f"{wnid}/{wnid}_1.JPEG\t5\t5,391\t0.2654,1.0000\n{wnid}/{wnid}_2.JPEG\t5\t\t\n"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"\xef\xbb\xbf",  # UTF-8 byte-order mark (Excel, PowerShell)
+        b"filename\tgt_index\tidx_list\tprob_list\n",
+        b"\xef\xbb\xbfpath\tlabel\tclasses\tprobs\r\n",  # both, any column names, CRLF
+        b"\n\nImage\tLabel\n",  # blank lines, then a header of two names
+    ],
+)
+def test_tsv_byte_order_mark_and_header_line_are_skipped(tmp_path, prefix):
+    wnid = classes.wnid_of(5)
+    plain = tmp_path / "plain.tsv"
+    plain.write_text(_two_lines(wnid), encoding="utf-8")
+    path = tmp_path / "exported.tsv"
+    path.write_bytes(prefix + _two_lines(wnid).encode())
+    assert list(importers.read_tsv(path)) == list(importers.read_tsv(plain))
+    assert [r.image_id for r in importers.read_tsv(path)] == [f"{wnid}_1", f"{wnid}_2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"empty.tsv: the file is empty; expected one line per image"),
+        (b"\n  \n\t\n\r\n", r"empty.tsv: the file holds only blank lines \(4\)"),
+        (
+            b"\xef\xbb\xbffilename\tgt_index\tidx_list\tprob_list\n\n",
+            r"empty.tsv: the file holds only a header line \(line 1\)",
+        ),
+    ],
+)
+def test_tsv_without_image_lines_is_an_error_not_an_empty_dataset(tmp_path, content, message):
+    path = tmp_path / "empty.tsv"
+    path.write_bytes(content)
+    with pytest.raises(importers.ImportFormatError, match=message):
+        list(importers.read_tsv(path))
+    result = CliRunner().invoke(main, ["import", "tsv", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(message, result.output) and not (tmp_path / "out").exists(), result.output
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            b"{w}/{w}_1.JPEG\t5\t5\t1.0\n{w}/{w}_\xff.JPEG\t5\t\t\n",
+            r"bad.tsv:2: not UTF-8 text \(byte 0xff at column 21\)",
+        ),
+        ("{w}/{w}_\u00e9.JPEG\t5\t\t\n".encode("latin-1"), r"bad.tsv:1: not UTF-8 text \(byte 0xe9 at column 21\)"),
+        (b"{w}\\{w}_1.JPEG\t5\t5\t1.0\n", r"bad.tsv:1: filename '{w}\\\\{w}_1.JPEG' holds a backslash"),
+        (b"/{w}/{w}_1.JPEG\t5\t5\t1.0\n", r"bad.tsv:1: filename '/{w}/{w}_1.JPEG' must be a path relative"),
+        (b"../{w}/{w}_1.JPEG\t5\t5\t1.0\n", r":1: filename '\.\./{w}/{w}_1.JPEG' must be a path relative"),
+        (b"{w}//{w}_1.JPEG\t5\t5\t1.0\n", r":1: filename '{w}//{w}_1.JPEG' must be a path relative"),
+        (b"{w}/{w}_1.JPEG\x00\t5\t5\t1.0\n", r":1: filename '{w}/{w}_1.JPEG\\x00' holds a control character"),
+        (b"\t5\t5\t1.0\n", r":1: filename '' is empty"),
+        (b"{w}/{w}_1.JPEG\t0_5\t5\t1.0\n", r":1: gt_index '0_5' is not a class index \(digits 0-9\)"),
+        (b"{w}/{w}_1.JPEG\t+5\t5\t1.0\n", r":1: gt_index '\+5' is not a class index"),
+        ("{w}/{w}_1.JPEG\t\u0665\t5\t1.0\n".encode(), r":1: gt_index '\u0665' is not a class index"),
+        (b"{w}/{w}_1.JPEG\t5\t5,3_91\t0.5,0.5\n", r":1: idx_list '5,3_91' is not a comma-separated list of class"),
+        (b"{w}/{w}_1.JPEG\t5\t5,\t0.5\n", r":1: idx_list '5,' is not a comma-separated list"),
+        (b"{w}/{w}_1.JPEG\t5\t5\t0.2_5\n", r":1: prob_list '0.2_5' is not a comma-separated list of decimal numbers"),
+        (b"{w}/{w}_1.JPEG\t5\t5\tnan\n", r":1: prob_list 'nan' is not"),
+        (b"{w}/{w}_1.JPEG\t5\t5\tinf\n", r":1: prob_list 'inf' is not"),
+        (b"{w}/{w}_1.JPEG\t5\t5\t-0.5\n", r":1: probabilities \[-0.5\] must lie in \[0, 1\]"),
+    ],
+)
+def test_tsv_malformed_lines_name_the_file_and_line(tmp_path, line, message):
+    wnid = classes.wnid_of(5)
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(line.replace(b"{w}", wnid.encode()))
+    message = message.replace("{w}", wnid)
+    with pytest.raises(importers.ImportFormatError, match=message):
+        list(importers.read_tsv(path))
+    result = CliRunner().invoke(main, ["import", "tsv", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(message, result.output), result.output
 
 
 @pytest.fixture

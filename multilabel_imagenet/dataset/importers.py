@@ -5,6 +5,9 @@
   0.2654,1.0000``): filename relative to the train root, class indices in sorted-wnid order, comma-separated
   lists (possibly empty) of the classes with non-zero probability. The original label is not forced.
   These become ``labels`` rows (no width/height unless an ImageNet root is given; no whole-image prediction).
+  Read strictly: UTF-8 (a leading byte-order mark is dropped), blank lines and one header line of column names
+  skipped, class indices of digits 0-9 only, probabilities decimal numbers in [0, 1], filenames relative
+  '/'-separated paths; a file without image lines is an error, not an empty dataset.
   Records are streamed; only an 8-byte hash per line is kept, to find repeated images.
 - CutLER's COCO JSON of MaskCut pseudo-masks: see :mod:`.cutler_index` (streamed into an indexed Parquet file).
 - :func:`coco_rle` and :func:`decode_mask`: any COCO segmentation form as a compressed RLE or a bool mask.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,39 +33,77 @@ class ImportFormatError(ValueError):
     """An input file does not have the published format; the message names the file, the line or entry, and why."""
 
 
+_INT = re.compile(r"[0-9]+")
+_NUMBER = r"\s*[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*"
+_NUMBER_LIST = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*")
+_INT_LIST = re.compile(r"\s*[0-9]+\s*(?:,\s*[0-9]+\s*)*")
+_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _floats(text: str, where: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",")) if text.strip() else ()
-    except ValueError:
-        raise ImportFormatError(f"{where}: probabilities {text!r} are not comma-separated numbers") from None
+    if not text.strip():
+        return ()
+    if not _NUMBER_LIST.fullmatch(text):  # float() would take "nan", "inf" and "0_5"
+        raise ImportFormatError(f"{where}: prob_list {text!r} is not a comma-separated list of decimal numbers")
+    return tuple(map(float, text.split(",")))
 
 
 def _ints(text: str, where: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",")) if text.strip() else ()
-    except ValueError:
-        raise ImportFormatError(f"{where}: class indices {text!r} are not comma-separated integers") from None
+    if not text.strip():
+        return ()
+    if not _INT_LIST.fullmatch(text):  # int() would take "0_0", "+1" and non-ASCII digits
+        raise ImportFormatError(
+            f"{where}: idx_list {text!r} is not a comma-separated list of class indices (digits 0-9)"
+        )
+    return tuple(map(int, text.split(",")))
+
+
+def _fields(line: str) -> list[str]:
+    return line.split("\t") if "\t" in line else line.split()
+
+
+def _is_header(line: str) -> bool:
+    """A column-name line (``filename<TAB>gt_index<TAB>...``, any names): every field a word, as no image line is
+    (its filename has a '/' or '.', its gt_index is digits)."""
+    fields = [f.strip() for f in _fields(line)]
+    return len(fields) >= 2 and all(_HEADER_FIELD.fullmatch(f) for f in fields)
 
 
 def _parse_tsv_line(line: str, where: str) -> tuple[str, int, tuple[int, ...], tuple[float, ...]]:
-    fields = line.split("\t") if "\t" in line else line.split()
+    fields = _fields(line)
     if not 2 <= len(fields) <= 4:
         raise ImportFormatError(
             f"{where}: expected filename, gt_index, idx_list, prob_list; found {len(fields)} fields"
         )
     fields += [""] * (4 - len(fields))
     filename, gt, idx, prob = (f.strip() for f in fields)
-    try:
-        label = int(gt)
-    except ValueError:
-        raise ImportFormatError(f"{where}: gt_index {gt!r} is not an integer") from None
-    return filename, label, _ints(idx, where), _floats(prob, where)
+    if not _INT.fullmatch(gt):
+        raise ImportFormatError(f"{where}: gt_index {gt!r} is not a class index (digits 0-9)")
+    return filename, int(gt), _ints(idx, where), _floats(prob, where)
+
+
+def _check_filename(filename: str, where: str) -> str:
+    """The folder a checked filename lies in ('' for none); raises unless it is a relative '/'-separated path."""
+    parts = filename.split("/")
+    reason = None
+    if not filename:
+        reason = "is empty"
+    elif "\\" in filename:
+        reason = "holds a backslash; write paths with '/'"
+    elif _CONTROL.search(filename):
+        reason = "holds a control character"
+    elif any(part in ("", ".", "..") for part in parts):
+        reason = "must be a path relative to the train root (no leading or trailing '/', no '//', '.' or '..')"
+    if reason is not None:
+        raise ImportFormatError(f"{where}: filename {filename!r} {reason}")
+    return parts[-2] if len(parts) > 1 else ""
 
 
 def _check_tsv_row(filename: str, label: int, idx: tuple, prob: tuple, where: str) -> None:
+    folder = _check_filename(filename, where)
     if not 0 <= label < classes.NUM_CLASSES:
         raise ImportFormatError(f"{where}: gt_index {label} is outside 0..{classes.NUM_CLASSES - 1}")
-    folder = PurePosixPath(filename).parent.name
     if folder and folder != classes.wnid_of(label):
         raise ImportFormatError(
             f"{where}: {filename} lies in folder {folder} but gt_index {label} is {classes.wnid_of(label)} "
@@ -77,17 +119,44 @@ def _check_tsv_row(filename: str, label: int, idx: tuple, prob: tuple, where: st
         raise ImportFormatError(f"{where}: probabilities {list(prob)} must lie in [0, 1]")
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded as UTF-8 (a leading byte-order mark dropped); a line that is not
+    UTF-8 raises naming the file, the line and the byte."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ImportFormatError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+                ) from None
+            yield number, text.removeprefix("\ufeff") if number == 1 else text
+
+
 def _tsv_rows(path: Path) -> Iterator[tuple[str, str, int, tuple[int, ...], tuple[float, ...]]]:
-    """(where, filename, gt_index, idx_list, prob_list) of each checked line; a header line is skipped."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r\n")
-            where = f"{path}:{number}"
-            if not line.strip() or (number == 1 and line.split()[0].lower() == "filename"):
-                continue
-            filename, label, idx, prob = _parse_tsv_line(line, where)
-            _check_tsv_row(filename, label, idx, prob, where)
-            yield where, filename, label, idx, prob
+    """(where, filename, gt_index, idx_list, prob_list) of each checked line; blank lines and a header line (the
+    first non-blank line, if it is one) are skipped. A file without image lines raises."""
+    header = blank = 0
+    rows = 0
+    for number, line in _text_lines(path):
+        line = line.rstrip("\r\n")
+        where = f"{path}:{number}"
+        if not line.strip():
+            blank += 1
+            continue
+        if rows == 0 and not header and _is_header(line):
+            header = number
+            continue
+        filename, label, idx, prob = _parse_tsv_line(line, where)
+        _check_tsv_row(filename, label, idx, prob, where)
+        rows += 1
+        yield where, filename, label, idx, prob
+    if rows == 0:
+        if header:
+            held = f"holds only a header line (line {header})"
+        else:
+            held = f"holds only blank lines ({blank})" if blank else "is empty"
+        raise ImportFormatError(f"{path}: the file {held}; expected one line per image")
 
 
 def _check_unique(path: Path, ids: IdHashes) -> None:
@@ -173,6 +242,9 @@ def import_tsv(
     path: str | Path, output: str | Path, version: str, train_root: str | Path | None = None
 ) -> dict[str, Any]:
     """Write the TSV's ``labels`` config (train split) into the dataset folder ``output``; return its statistics."""
+    rows = _tsv_rows(Path(path))
+    next(rows)  # a file without image lines raises here, before anything is written
+    rows.close()
     build = tsv_build_info(path, version, train_root)
     write_dataset(output, build, labels={"train": read_tsv(path, train_root)})
     return read_build_json(output)["configs"]["labels"]["splits"]["train"]["statistics"]
