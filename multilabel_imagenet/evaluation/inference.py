@@ -103,16 +103,24 @@ def predict(
     num_workers: int = 0,
     device: str | None = None,
     progress: Callable[[int], object] | None = None,
+    activation: str = "softmax",
+    transform: Callable | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities [len(paths), num_classes] of ``model`` with timm's eval transform for it.
+    """Probabilities [len(paths), num_classes] of ``model`` with timm's eval transform for it (or ``transform``).
 
-    ``progress`` is called with the number of images done after each batch. An undecodable image raises
-    ``multilabel_imagenet.images.ImageDecodeError`` naming the file.
+    ``activation``: ``softmax`` (a single-label classifier), ``sigmoid`` (one trained with BCE, as the paper's
+    multi-label models: per-class probabilities) or ``none`` (logits). ``progress`` is called with the number of
+    images done after each batch. An undecodable image raises ``multilabel_imagenet.images.ImageDecodeError``
+    naming the file.
     """
     import torch
     from timm.data import create_transform, resolve_data_config
 
-    transform = create_transform(**resolve_data_config({}, model=model))
+    activations = {"softmax": lambda x: x.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda x: x}
+    if activation not in activations:
+        raise ValueError(f"activation must be one of {sorted(activations)}, got {activation!r}")
+    if transform is None:
+        transform = create_transform(**resolve_data_config({}, model=model))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 
@@ -125,7 +133,7 @@ def predict(
         for batch in loader:
             if isinstance(batch, list):
                 raise ImageDecodeError(*batch[0])
-            out.append(model(batch.to(device)).float().softmax(dim=1).cpu().numpy())
+            out.append(activations[activation](model(batch.to(device)).float()).cpu().numpy())
             if progress is not None:
                 progress(len(batch))
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), dtype=np.float32)
