@@ -731,6 +731,182 @@ def publish_command(folder: Path, repo_id: str, version: str, private: bool, dry
     click.echo(f"{made}; tagged {plan.tag} on {result.commit}")
 
 
+# --- training: `train` (library: multilabel_imagenet.training) ---
+
+
+def _key_values(values: tuple[str, ...], option: str) -> dict[str, object]:
+    """``KEY=VALUE`` pairs, each VALUE read as JSON when it parses (numbers, lists, true/false), else a string."""
+    out: dict[str, object] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r}: write KEY=VALUE", param_hint=option)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _eval_images(values: tuple[str, ...], names: tuple[str, ...]) -> dict[str, Path]:
+    """``--eval-images [NAME=]DIR``: a bare DIR serves every benchmark not given its own."""
+    shared, own = None, {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if sep and name in names:
+            own[name] = Path(folder)
+        else:
+            shared = Path(value)
+    return {n: own.get(n, shared) for n in names if own.get(n, shared) is not None}
+
+
+def _smoothing(value: str) -> tuple[float, float] | None:
+    if value.lower() == "none":
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: write MIN,MAX (e.g. 0.0001,0.95) or none", param_hint="--smoothing"
+        ) from None
+    return low, high
+
+
+@main.command("train")
+@click.option("--dataset", required=True, help="Dataset folder or Hub repo id (with --revision).")
+@_revision_option
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="ImageNet root holding train/ (the folder `path` is relative to).",
+)
+@click.option("--model", required=True, help="timm model name, e.g. resnet50 (1000 classes, random init).")
+@click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Extra timm.create_model argument (repeatable).")
+@click.option("--scheme", default="local_soft+original", show_default=True, help="Target scheme; one_hot = baseline.")
+@click.option("--profile", type=click.Choice(["paper", "authors"]), help="Whose reading of the scheme rules.")
+@click.option("--crop-aware", is_flag=True, help="Targets follow the random crop (needs the proposals config).")
+@click.option("--ambiguity", type=click.Path(exists=True, dir_okay=False), help="Ambiguity JSON for +prior/+pairs.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="[default: runs/MODEL-SCHEME]")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.safetensors when it exists.")
+@click.option("--epochs", default=100, show_default=True, help="Table 6: 100; Table 1: 300.")
+@click.option("--batch-size", default=1024, show_default=True, help="Global batch (split over torchrun processes).")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.15, show_default=True)
+@click.option("--head-weight-decay", default=0.0, show_default=True, help="Weight decay of the classifier head.")
+@click.option("--no-decay-norm-bias", is_flag=True, help="Also no weight decay on norms and biases (timm's rule).")
+@click.option("--warmup-epochs", default=5.0, show_default=True)
+@click.option("--min-lr", default=0.0, show_default=True)
+@click.option("--smoothing", default="0.0001,0.95", show_default=True, help="Target range MIN,MAX, or none.")
+@click.option("--smoothing-mode", type=click.Choice(["clamp", "affine"]), default="clamp", show_default=True)
+@click.option("--keep-empty", is_flag=True, help="Keep all-zero targets in the loss (default: skipped).")
+@click.option("--pos-weight", type=float, help="BCE positive weight.")
+@click.option("--head-bias-init", is_flag=True, help="Start every sigmoid output at the smoothing minimum.")
+@click.option("--img-size", default=224, show_default=True)
+@click.option("--transforms", type=click.Choice(["torchvision", "timm"]), default="torchvision", show_default=True)
+@click.option("--no-randaugment", is_flag=True, help="Drop RandAugment from the train transforms.")
+@click.option("--mixup", default=0.0, show_default=True, help="MixUp alpha (0 = off; DeiT-III: 0.8).")
+@click.option("--cutmix", default=0.0, show_default=True, help="CutMix alpha (0 = off; DeiT-III: 1.0).")
+@click.option("--mixup-prob", default=1.0, show_default=True)
+@click.option("--mixup-switch-prob", default=0.5, show_default=True)
+@click.option("--mixup-off-epoch", default=0, show_default=True, help="No mixing from this epoch on (0 = never).")
+@click.option("--clip-grad", type=float, help="Clip the gradient norm to this.")
+@click.option("--drop-path", type=float, help="Stochastic depth rate of the model.")
+@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (downloads them).")
+@click.option("--init-checkpoint", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=8, show_default=True, help="DataLoader worker processes per process.")
+@click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
+@click.option("--log-every", default=50, show_default=True, help="Log loss and lr every N steps.")
+@click.option("--stop-after-epoch", type=int, help="End after this epoch (schedule of --epochs kept); --resume later.")
+@click.option("--eval", "eval_names", multiple=True, help="Benchmark to score at the end (repeatable), e.g. real.")
+@click.option("--eval-labels", multiple=True, metavar="[NAME=]FILE", help="Label file of an --eval benchmark.")
+@click.option("--eval-images", multiple=True, metavar="[NAME=]DIR", help="Images of the --eval benchmarks.")
+@click.option("--eval-batch-size", default=256, show_default=True)
+@click.option("--eval-crop-pct", default=0.875, show_default=True, help="Eval centre crop (0.875: 256 -> 224).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="datasets cache folder.")
+def train_command(**opts) -> None:
+    """Train a timm model on DATASET's targets with the paper's recipe (Supp. B.3), then score --eval benchmarks.
+
+    CPU works; CUDA uses bf16 autocast; under `torchrun --nproc_per_node N -m multilabel_imagenet train ...` each
+    process takes 1/N of the batch. Writes OUTPUT/checkpoint.safetensors every epoch, OUTPUT/log.jsonl, the final
+    weights as a timm folder OUTPUT/model, and the report OUTPUT/eval.json. See docs/training.md.
+    """
+    from multilabel_imagenet.training import checkpoint, loop
+    from multilabel_imagenet.training.evaluate import prepare_benchmarks
+    from multilabel_imagenet.training.recipe import Recipe
+
+    names = opts["eval_names"]
+    if (opts["eval_labels"] or opts["eval_images"]) and not names:
+        raise click.UsageError("--eval-labels/--eval-images go with --eval NAME")
+    output = opts["output"] or Path("runs") / f"{opts['model']}-{opts['scheme']}".replace("/", "_")
+    local = Path(opts["dataset"]).expanduser()
+    dataset = str(local.resolve()) if local.is_dir() else opts["dataset"]
+    try:
+        recipe = Recipe(
+            epochs=opts["epochs"],
+            batch_size=opts["batch_size"],
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            head_weight_decay=opts["head_weight_decay"],
+            no_decay_norm_bias=opts["no_decay_norm_bias"],
+            warmup_epochs=opts["warmup_epochs"],
+            min_lr=opts["min_lr"],
+            smoothing=_smoothing(opts["smoothing"]),
+            smoothing_mode=opts["smoothing_mode"],
+            skip_empty=not opts["keep_empty"],
+            pos_weight=opts["pos_weight"],
+            head_bias_init=opts["head_bias_init"],
+            img_size=opts["img_size"],
+            transforms=opts["transforms"],
+            randaugment=not opts["no_randaugment"],
+            mixup=opts["mixup"],
+            cutmix=opts["cutmix"],
+            mixup_prob=opts["mixup_prob"],
+            mixup_switch_prob=opts["mixup_switch_prob"],
+            mixup_off_epoch=opts["mixup_off_epoch"],
+            clip_grad=opts["clip_grad"],
+            drop_path=opts["drop_path"],
+        )
+        config = loop.TrainConfig(
+            dataset=dataset,
+            images=str(opts["images"].resolve()),
+            model=opts["model"],
+            output=str(output),
+            scheme=opts["scheme"],
+            recipe=recipe,
+            revision=opts["revision"],
+            profile=opts["profile"],
+            crop_aware=opts["crop_aware"],
+            ambiguity=opts["ambiguity"],
+            model_kwargs=_key_values(opts["model_arg"], "--model-arg") or None,
+            pretrained=opts["pretrained"],
+            init_checkpoint=opts["init_checkpoint"],
+            seed=opts["seed"],
+            workers=opts["workers"],
+            device=opts["device"],
+            amp=opts["amp"],
+            log_every=opts["log_every"],
+            stop_after_epoch=opts["stop_after_epoch"],
+            eval_batch_size=opts["eval_batch_size"],
+            eval_crop_pct=opts["eval_crop_pct"],
+            cache_dir=opts["cache_dir"],
+        )
+        benches = (
+            prepare_benchmarks(
+                names, _label_files(opts["eval_labels"], names), _eval_images(opts["eval_images"], names)
+            )
+            if names
+            else None
+        )
+        result = loop.train(config, resume=opts["resume"], benchmarks=benches, echo=tqdm.write)
+    except (*_evaluation_errors(), loop.TrainingError, checkpoint.CheckpointError, ValueError, OSError) as err:
+        raise _failure(err) from None
+    if result.model_dir is not None:
+        click.echo(f"weights: {result.model_dir} (multilabel-imagenet evaluate --model {result.model_dir} ...)")
+
+
 # --- MaskCut configurations (library: multilabel_imagenet.builder.configs) ---
 
 
