@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -149,7 +150,10 @@ def test_whole_val_set_array_is_subset_for_val_benchmarks(tmp_path):
     [
         (lambda s, b: s[:, :999], r"shape \[N, 1000\], got \[40, 999\]"),
         (lambda s, b: s[:-1], r"39 rows, but benchmark 'inv2-ml' has 40 images"),
-        (lambda s, b: np.where(np.arange(1000) == 7, np.nan, s), r"40 scores are NaN or infinite.*\(0, 7\)"),
+        (
+            lambda s, b: np.where(np.arange(1000) == 7, np.nan, s),
+            r"40 of the 40000 scores are NaN or infinite \(40 NaN\), in 40 of the 40 rows.*\(0, 7\)",
+        ),
     ],
 )
 def test_bad_arrays_raise_clear_errors(tmp_path, bench, scores, content, message):
@@ -171,7 +175,10 @@ def test_bad_keyed_files_raise_clear_errors(tmp_path, bench, scores):
         (ok + [ok[0]], r"1 images appear more than once, e.g. '" + names[0]),
         (ok[1:], r"no prediction for 1 of the 40 images of 'inv2-ml', e\.g\. '" + names[0]),
         (ok + [{"image": "cat.jpg", "topk": [1, 2, 3]}], r"1 image names are not images of 'inv2-ml'.*'cat\.jpg'"),
-        ([{**ok[0], "topk": [1, 2, 1000]}] + ok[1:], r"image " + names[0] + r": class index 1000 is outside"),
+        (
+            [{**ok[0], "topk": [1, 2, 1000]}] + ok[1:],
+            r"line 1 \(image " + names[0] + r"\): class index 1000 is outside",
+        ),
         ([{**ok[0], "topk": [1, 1, 2]}] + ok[1:], r"a class appears twice in a ranked list, e\.g\. rows 0"),
         ([{**ok[0], "topk": [1, 2]}] + ok[1:], r"same length; lengths \[2, 3\]"),
         ([{"image": names[0], "scores": [0.1] * 999}], r"'scores' must hold 1000 numbers"),
@@ -193,3 +200,290 @@ def test_pt_files_are_never_unpickled(tmp_path, bench, scores):
     torch.save({"scores": torch.from_numpy(scores), "extra": Fraction(1, 3)}, tmp_path / "evil.pt")
     with pytest.raises(PredictionsError, match="evil.pt: cannot read as .pt"):
         read_predictions(tmp_path / "evil.pt")
+
+
+# --- malformed files: each case builds its file from the benchmark's image names and good scores ---
+
+
+def _text(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+
+
+def _lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _topk_csv(names, cell=lambda i: "1 2 3"):
+    return "image,topk\n" + "".join(f"{n},{cell(i)}\n" for i, n in enumerate(names))
+
+
+def _scores_csv(names, scores, cell=None, extra=""):
+    header = "image," + extra + ",".join(str(i) for i in range(np.shape(scores)[1] if len(scores) else 1000))
+    rows = [
+        f"{n}," + extra.replace("model", "r50") + ",".join(repr(float(x)) if cell is None else cell for x in s)
+        for n, s in zip(names, scores, strict=True)
+    ]
+    return "\n".join([header, *rows]) + "\n"
+
+
+def _npz_as(path, **arrays):
+    with open(path, "wb") as f:  # np.savez to a file object keeps the name: .npz content under another suffix
+        np.savez(f, **arrays)
+
+
+def _with_bad_values(scores):
+    bad = scores.copy()
+    bad[3, 5], bad[3, 6], bad[9, 0] = np.nan, np.inf, -np.inf
+    return bad
+
+
+def _ranking(scores):
+    return np.argsort(-scores, axis=1)
+
+
+# (file name, writer(path, names, scores), message): the message follows "<path>: " in the error
+MALFORMED = [
+    ("empty.csv", lambda p, n, s: _text(p, ""), r"the file is empty"),
+    ("empty.parquet", lambda p, n, s: _text(p, ""), r"the file is empty"),
+    ("empty.pt", lambda p, n, s: _text(p, ""), r"the file is empty"),
+    ("blank.csv", lambda p, n, s: _text(p, "\n \n"), r"no header line \(the file holds only blank lines\)"),
+    ("blank.jsonl", lambda p, n, s: _text(p, "\n\n"), r"no predictions \(only blank lines\)"),
+    ("header.csv", lambda p, n, s: _text(p, _scores_csv([], [])), r"no predictions \(only a header line\)"),
+    ("header_topk.csv", lambda p, n, s: _text(p, "image,topk\n"), r"no predictions \(only a header line\)"),
+    (
+        "rows0.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": pa.array([], pa.string()), "topk": [[1]][:0]}), p),
+        r"no predictions \(a table of 0 rows\)",
+    ),
+    ("magic.parquet", lambda p, n, s: _text(p, "PAR1 but no footer"), r"cannot read as \.parquet \(ArrowInvalid: .*"),
+    (
+        "extra_cell.csv",
+        lambda p, n, s: _text(p, _topk_csv(n, lambda i: "1 2 3,x" if i == 1 else "1 2 3")),
+        r"not a valid CSV table \(line 3: 3 fields, but the header has 2\)",
+    ),
+    (
+        "short_row.csv",
+        lambda p, n, s: _text(p, f"image,topk\n{n[0]}\n"),
+        r"not a valid CSV table \(line 2: 1 field, but the header has 2\)",
+    ),
+    (
+        "extra_column.csv",
+        lambda p, n, s: _text(p, "image,topk,model\n" + "".join(f"{x},1 2,r50\n" for x in n)),
+        r"unexpected columns/fields 'model'; predictions hold 'image' and 'topk' only",
+    ),
+    (
+        "extra_scores_column.csv",
+        lambda p, n, s: _text(p, _scores_csv(n, s, extra="model,")),
+        r"unexpected columns 'model' beside 'image' and the score columns",
+    ),
+    (
+        "extra_field.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "topk": [1], "model": "r50"} for x in n]),
+        r"line 1: unexpected columns/fields 'model'",
+    ),
+    (
+        "extra_column.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "topk": [[1]] * len(n), "label": [0] * len(n)}), p),
+        r"unexpected columns/fields 'label'",
+    ),
+    (
+        "latin1.csv",
+        lambda p, n, s: _text(p, _topk_csv([*n[:1], "caf\u00e9.jpg", *n[1:]]), "latin-1"),
+        r"line 3: not UTF-8 text \(byte 0xe9 at column 4\)",
+    ),
+    (
+        "latin1.jsonl",
+        lambda p, n, s: _text(p, '{"image": "a", "topk": [1]}\n{"image": "caf\u00e9"}\n', "latin-1"),
+        r"line 2: not UTF-8 text \(byte 0xe9 at column 15\)",
+    ),
+    (
+        "several.npz",
+        lambda p, n, s: np.savez(p, logits=s, labels=np.zeros(len(n))),
+        r"holds several arrays 'labels', 'logits' and none named 'scores'",
+    ),
+    (
+        "archive.npy",
+        lambda p, n, s: _npz_as(p, logits=s, labels=np.zeros(len(n))),
+        r"holds several arrays 'labels', 'logits' and none named 'scores'",
+    ),
+    ("nothing.npz", lambda p, n, s: np.savez(p), r"holds no arrays"),
+    ("nothing.pt", lambda p, n, s: torch.save({}, p), r"holds no arrays"),
+    (
+        "float_topk.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "topk": [1.7, 2.0]} for x in n]),
+        r"line 1 \(image [0-9a-f]+\.jpeg\): 1\.7 is a float \(class indices are integers\)",
+    ),
+    (
+        "float_topk.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "topk": [[1.7, 2.0]] * len(n)}), p),
+        r"column 'topk' must hold lists of class indices \(integers\) or wnids \(strings\), found list<.*double>",
+    ),
+    (
+        "float_topk.npy",
+        lambda p, n, s: np.save(p, _ranking(s)[:, :5].astype(np.float32)),
+        r"expected scores of shape \[N, 1000\], got \[40, 5\]; "
+        r"ranked class lists \(fewer than 1000 columns\) must be integers, not float32",
+    ),
+    (
+        "ranking.npy",
+        lambda p, n, s: np.save(p, _ranking(s)),
+        r"every row is a permutation of the class indices 0..999: a ranking, not scores",
+    ),
+    (
+        "ranking.pt",
+        lambda p, n, s: torch.save(torch.from_numpy(_ranking(s)), p),
+        r"every row is a permutation .*: a ranking, not scores; give scores as floats",
+    ),
+    (
+        "underscore.csv",
+        lambda p, n, s: _text(p, _topk_csv(n, lambda i: "1_0 2")),
+        r"image [0-9a-f]+\.jpeg: '1_0' is neither a class index \(digits 0-9\) nor a wnid",
+    ),
+    (
+        "plus.csv",
+        lambda p, n, s: _text(p, _topk_csv(n, lambda i: "+1 2")),
+        r"image [0-9a-f]+\.jpeg: '\+1' is neither a class index",
+    ),
+    (
+        "arabic.csv",
+        lambda p, n, s: _text(p, _topk_csv(n, lambda i: "\u0661 2")),
+        r"image [0-9a-f]+\.jpeg: '\u0661' is neither a class index",
+    ),
+    (
+        "bool_scores.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "scores": [True] * 1000} for x in n]),
+        r"line 1 \(image [0-9a-f]+\.jpeg\): 'scores' must be numbers, got True at class 0",
+    ),
+    (
+        "bool_scores.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "scores": [[True] * 1000] * 40}), p),
+        r"column 'scores' must hold lists of 1000 numbers, found list<.*bool>",
+    ),
+    (
+        "bool.npy",
+        lambda p, n, s: np.save(p, s > 0.5),
+        r"scores must be real numbers \(integer or floating\), got dtype bool",
+    ),
+    (
+        "topk_number.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "topk": 5} for x in n]),
+        r"line 1 \(image [0-9a-f]+\.jpeg\): 'topk' must be a list of class indices or wnids, got int: 5",
+    ),
+    (
+        "topk_string.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "topk": "1 2"} for x in n]),
+        r"line 1 \(image [0-9a-f]+\.jpeg\): 'topk' must be a list of class indices or wnids, got a string: '1 2'",
+    ),
+    (
+        "topk_number.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "topk": [5] * len(n)}), p),
+        r"column 'topk' must hold lists .* found int64",
+    ),
+    (
+        "scores_string.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "scores": ["0.5"] * len(n)}), p),
+        r"column 'scores' must hold lists of 1000 numbers, found string",
+    ),
+    (
+        "image_number.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": range(40), "topk": [[1]] * 40}), p),
+        r"column 'image' must hold image names \(strings\), found int64",
+    ),
+    (
+        "image_null.jsonl",
+        lambda p, n, s: _lines(p, [{"image": None, "topk": [1]}]),
+        r"line 1: 'image' must be a non-empty image name, got None",
+    ),
+    (
+        "image_empty.csv",
+        lambda p, n, s: _text(p, _topk_csv([""] * 40)),
+        r"'image' must be a non-empty image name; 40 are not \(\"data row 1: ''\"",
+    ),
+    ("empty_cells.csv", lambda p, n, s: _text(p, _scores_csv(n, s, cell="")), r"column '0' has 40 empty cells"),
+    (
+        "text_cells.csv",
+        lambda p, n, s: _text(p, _scores_csv(n, s, cell="high")),
+        r"column '0' must hold numbers; read as string, e.g. 'high'",
+    ),
+    (
+        "null_score.parquet",
+        lambda p, n, s: pq.write_table(pa.table({"image": n, "scores": [[0.1] * 999 + [None]] * 40}), p),
+        r"40 scores are null, e\.g\. for images",
+    ),
+    (
+        "topk_empty.jsonl",
+        lambda p, n, s: _lines(p, [{"image": x, "topk": []} for x in n]),
+        r"every 'topk' list is empty",
+    ),
+    ("999_columns.csv", lambda p, n, s: _text(p, _scores_csv(n, s[:, :999])), r"999 score columns; expected 1000"),
+    (
+        "scores_column.csv",
+        lambda p, n, s: _text(p, "image,scores\na.jpeg,0.5\n"),
+        r"in CSV, scores are 1000 columns named 0..999, not 'scores'",
+    ),
+    ("no_columns.parquet", lambda p, n, s: pq.write_table(pa.table({}), p), r"no 'image' column/field; found nothing"),
+    ("sparse.pt", lambda p, n, s: torch.save(torch.from_numpy(s).to_sparse(), p), r"holds a sparse_coo tensor"),
+    (
+        "complex.pt",
+        lambda p, n, s: torch.save(torch.from_numpy(s).to(torch.complex64), p),
+        r"scores must be real numbers, got dtype torch.complex64",
+    ),
+    (
+        "garbage.pt",
+        lambda p, n, s: _text(p, "not a torch file"),
+        r"cannot read as \.pt: torch\.load\(weights_only=True\) refuses it \(Unsupported operand \d+\)",
+    ),
+    (
+        "nan.pt",
+        lambda p, n, s: torch.save(torch.full((40, 1000), float("nan")).softmax(1), p),
+        r"every one of the 40000 scores is NaN or infinite \(40000 NaN\): nothing to score",
+    ),
+    (
+        "bad_values.npy",
+        lambda p, n, s: np.save(p, _with_bad_values(s)),
+        r"3 of the 40000 scores are NaN or infinite \(1 NaN, 1 \+inf, 1 -inf\), in 2 of the 40 rows, "
+        r"e\.g\. at \(row, class\) \(3, 5\), \(3, 6\), \(9, 0\)",
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+@pytest.mark.parametrize(("name", "write", "message"), MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_files_raise_errors_naming_file_and_problem(tmp_path, bench, scores, name, write, message):
+    path = tmp_path / name
+    write(path, list(bench.image_ids), scores)
+    with pytest.raises(PredictionsError, match=re.escape(str(path)) + ": " + message):
+        align(read_predictions(path), bench)
+
+
+def test_float64_scores_near_1e300_are_read_as_given(tmp_path, bench, scores):
+    huge = scores.astype(np.float64) * 1e300  # finite in float64; inf after a float32 cast
+    torch.save(torch.from_numpy(huge), tmp_path / "huge.pt")
+    got = read_predictions(tmp_path / "huge.pt").scores
+    assert got.dtype == np.float64 and np.isfinite(got).all()
+    expected = evaluate(scores, bench)
+    for result in (evaluate(got, bench), evaluate(torch.from_numpy(huge), bench)):
+        for key in ("multilabel_top1", "multilabel_top5", "map_per_sample", "map_macro", "variable_topk"):
+            assert result[key] == pytest.approx(expected[key]), key
+
+
+def test_byte_order_marks_npz_under_npy_name_and_grad_tensors_are_read(tmp_path, bench, scores):
+    names = list(bench.image_ids)
+    topk = np.argsort(-scores, axis=1)[:, :3]
+    (tmp_path / "bom.jsonl").write_bytes(
+        b"\xef\xbb\xbf"
+        + "".join(
+            json.dumps({"image": n, "topk": t.tolist()}) + "\n" for n, t in zip(names, topk, strict=True)
+        ).encode()
+    )
+    (tmp_path / "bom.csv").write_bytes(
+        b"\xef\xbb\xbf" + _topk_csv(names, lambda i: " ".join(map(str, topk[i]))).encode()
+    )
+    for suffix in ("jsonl", "csv"):
+        np.testing.assert_array_equal(align(read_predictions(tmp_path / f"bom.{suffix}"), bench).ranked, topk)
+    _npz_as(tmp_path / "archive.npy", scores=scores, labels=np.zeros(N))
+    np.testing.assert_array_equal(read_predictions(tmp_path / "archive.npy").scores, scores)
+    torch.save(torch.nn.Parameter(torch.from_numpy(scores)), tmp_path / "param.pt")
+    np.testing.assert_array_equal(read_predictions(tmp_path / "param.pt").scores, scores)
+    (tmp_path / "digits.jsonl").write_text(json.dumps({"image": names[0], "topk": ["7", 8, classes.wnid_of(9)]}) + "\n")
+    assert read_predictions(tmp_path / "digits.jsonl").ranked.tolist() == [[7, 8, 9]]

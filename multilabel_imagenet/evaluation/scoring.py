@@ -9,7 +9,7 @@ import numpy as np
 
 from multilabel_imagenet.evaluation import metrics, thresholded
 from multilabel_imagenet.evaluation.benchmarks import Benchmark, BenchmarkFileError, load_benchmark
-from multilabel_imagenet.evaluation.predictions import check_ranked, check_scores
+from multilabel_imagenet.evaluation.predictions import check_ranked, check_scores, tensor_to_numpy
 
 Result = dict[str, Any]
 _NEEDS_SCORES = "needs full score vectors; the predictions are ranked top-k class lists"
@@ -54,8 +54,8 @@ def evaluate(
     """
     opts = Options(threshold, sigmoid, argmax_fallback, ap_ties, bucket_scheme)
     bench = load_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
-    if hasattr(scores, "detach"):
-        scores = scores.detach().float().cpu().numpy()
+    if hasattr(scores, "detach"):  # a torch tensor: float64 stays float64 (1e300 is no overflow)
+        scores = tensor_to_numpy(scores, "scores")
     scores = check_scores(np.asarray(scores), len(bench), "scores")
     k = max(5, int(bench.targets.sum(axis=1).max()) if bench.targets is not None else 0)
     return _evaluate(bench, metrics.top_k_indices(scores, k), scores, opts)
