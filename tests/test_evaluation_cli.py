@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -218,3 +219,36 @@ def test_evaluate_runs_a_local_timm_model_over_an_image_folder(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--images",
                                        str(tmp_path / "v2"), "-b", "inv2-ml", "--labels", str(refined)])  # fmt: skip
     assert result.exit_code != 0 and f"1 of the 5 images of 'inv2-ml' are missing, e.g. {names[0]}" in result.output
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_evaluate_refuses_every_malformed_file_in_one_line_with_exit_status_1(tmp_path):
+    from test_evaluation_predictions import MALFORMED
+
+    rng = np.random.default_rng(0)
+    names = [f"{i:040x}.jpeg" for i in rng.choice(2**60, size=40, replace=False)]
+    refined = tmp_path / "refined.json"
+    refined.write_text(json.dumps({n: [str(i)] for i, n in enumerate(names)}))
+    scores = rng.random((40, 1000)).astype(np.float32)
+    for name, write, message in MALFORMED:
+        path = tmp_path / name
+        write(path, names, scores)
+        result = CliRunner().invoke(main, ["evaluate", str(path), "-b", "inv2-ml", "--labels", str(refined)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output)
+        assert "Traceback" not in result.output and result.output.startswith(f"Error: {path}: "), result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert re.search(message, result.output), (name, result.output)
+
+
+def test_evaluate_scores_float64_near_1e300_as_given(tmp_path):
+    import torch
+
+    names = [f"{i:040x}.jpeg" for i in range(4)]
+    refined = tmp_path / "refined.json"
+    refined.write_text(json.dumps({n: [str(i)] for i, n in enumerate(names)}))
+    scores = np.full((4, 1000), 1e299)
+    scores[np.arange(4), [0, 1, 7, 7]] = 1e300  # right, right, wrong, wrong; a float32 cast makes all inf
+    torch.save(torch.from_numpy(scores), tmp_path / "huge.pt")
+    result = run("evaluate", tmp_path / "huge.pt", "-b", "inv2-ml", "--labels", refined, "-o", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["inv2-ml"]["multilabel_top1"] == 50.0
