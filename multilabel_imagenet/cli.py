@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from multilabel_imagenet import __version__, classes, images
+from multilabel_imagenet import __version__, classes, images, progress
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Main(click.Group):
+    """The command group: a user error is one ``Error:`` line; with ``--debug`` (or ``MLIN_DEBUG=1``) the
+    traceback of the exception behind it is printed first."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            cause = err.__cause__ or err.__context__
+            if (ctx.obj or {}).get("debug") and cause is not None:
+                traceback.print_exception(cause)
+            raise
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="multilabel-imagenet")
-def main() -> None:
+@click.option(
+    "--debug", is_flag=True, envvar="MLIN_DEBUG", help="Show the traceback behind an error (or set MLIN_DEBUG=1)."
+)
+@click.option("-v", "--verbose", count=True, help="Log more: -v progress messages, -vv debugging detail.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, errors only (TQDM_DISABLE=1 also turns bars off).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     """Multi-label ImageNet: build soft labels, load the dataset, evaluate predictions."""
+    ctx.obj = {"debug": debug}
+    progress.configure(verbose, quiet)
 
 
 @main.command("classes")
@@ -52,7 +75,7 @@ def images_command(
         return
     failures = [
         failure
-        for _, _, failure in tqdm(images.iter_decoded(records, exif_transpose), total=len(records), unit="img")
+        for _, _, failure in progress.bar(images.iter_decoded(records, exif_transpose), total=len(records), unit="img")
         if failure is not None
     ]
     if errors is not None:
@@ -74,7 +97,7 @@ def synthetic_command(output: Path, num_train: int, num_val: int, seed: int, map
     """Write synthetic multi-object scenes as an ImageNet-style folder with ground truth and ReLabel maps."""
     from multilabel_imagenet.builder import synthetic
 
-    with tqdm(total=num_train + num_val, unit="img", desc="scenes") as bar:
+    with progress.bar(total=num_train + num_val, unit="img", desc="scenes") as bar:
         synthetic.write_mini_imagenet(output, num_train, num_val, seed, map_noise, progress=bar.update)
     click.echo(f"wrote {num_train} train and {num_val} validation scenes to {output}")
     click.echo(f"  images: {output / 'train'} (train layout), {output / 'val'} with {output / 'val_labels.txt'}")
@@ -275,7 +298,7 @@ def filter_proposals_command(
 
     n_images = len(json.loads(coco_json.read_text(encoding="utf-8"))["images"])
     try:
-        with tqdm(total=n_images, unit="img", desc="filter") as bar:
+        with progress.bar(total=n_images, unit="img", desc="filter") as bar:
             stats = filter_proposals.filter_coco(
                 coco_json, images_root, checkpoint, min_score, output, device, progress=bar.update
             )
@@ -300,7 +323,7 @@ def label_maps_command(images_root: Path, layout: str, checkpoint: Path, output:
 
     try:
         records = images.open_source(images_root, layout)
-        with tqdm(total=len(records), unit="img", desc="label maps") as bar:
+        with progress.bar(total=len(records), unit="img", desc="label maps") as bar:
             stats = label_maps.write_label_maps(records, checkpoint, output, size, device, progress=bar.update)
     except (ValueError, FileNotFoundError, images.SourceError) as err:
         raise click.ClickException(str(err)) from None
@@ -364,7 +387,7 @@ def show_command(
     try:
         view = source.DatasetView(dataset, revision)
         benches = load_benchmarks(bench_names, _label_files(benchmark_labels, bench_names))
-        with tqdm(unit="img", desc="gallery") as bar:
+        with progress.bar(unit="img", desc="gallery") as bar:
             result = gallery.write_gallery(
                 view,
                 output,
@@ -571,7 +594,7 @@ def evaluate_command(
             bench = benches[names[0]]
             paths = inference.find_images(bench, images_dir)  # type: ignore[arg-type]
             net = inference.load_model(model, checkpoint)
-            with tqdm(total=len(paths), unit="img", desc=f"{model} on {bench.name}") as bar:
+            with progress.bar(total=len(paths), unit="img", desc=f"{model} on {bench.name}") as bar:
                 scores = inference.predict(
                     net, paths, batch_size=batch_size, num_workers=workers, device=device, progress=bar.update
                 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from multilabel_imagenet import classes
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
 LAYOUTS = ("auto", "train", "val", "imagenetv2", "list")
@@ -330,4 +333,5 @@ def iter_decoded(
         try:
             yield record, decode_image(record.full_path, exif_transpose), None
         except ImageDecodeError as err:
+            logger.info("%s: %s; recorded and skipped", record.path, err.reason)
             yield record, None, DecodeFailure(record.image_id, record.path, err.reason)

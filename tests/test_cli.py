@@ -64,3 +64,39 @@ def test_package_level_load_is_the_dataset_loader():
     assert multilabel_imagenet.load is load
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         multilabel_imagenet.nothing  # noqa: B018
+
+
+def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    args = ["import", "tsv", str(empty), "--output", str(tmp_path / "out")]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 1 and "Traceback" not in plain.output
+    assert plain.output.startswith("Error: ") and len(plain.output.strip().splitlines()) == 1, plain.output
+    for runner, extra in ((CliRunner(), ["--debug"]), (CliRunner(env={"MLIN_DEBUG": "1"}), [])):
+        debug = runner.invoke(main, [*extra, *args])
+        assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.output
+        assert debug.output.strip().splitlines()[-1] == plain.output.strip()
+
+
+def test_progress_bars_and_log_level_follow_the_switches(monkeypatch):
+    import logging
+
+    from multilabel_imagenet import progress
+
+    logger = logging.getLogger("multilabel_imagenet")
+    try:
+        assert CliRunner().invoke(main, ["-vv", "classes", "goldfish"]).exit_code == 0
+        assert logger.level == logging.DEBUG and progress.enabled()
+        assert CliRunner().invoke(main, ["-v", "classes", "goldfish"]).exit_code == 0
+        assert logger.level == logging.INFO
+        assert CliRunner().invoke(main, ["--quiet", "classes", "goldfish"]).exit_code == 0
+        assert logger.level == logging.ERROR and not progress.enabled() and progress.bar(total=3).disable
+        progress.configure()
+        assert logger.level == logging.WARNING and progress.enabled() and not progress.enabled(False)
+        for name in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            with monkeypatch.context() as env:
+                env.setenv(name, "1")
+                assert not progress.enabled() and progress.bar(total=3).disable
+    finally:
+        progress.configure()

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from multilabel_imagenet import classes
 from multilabel_imagenet.builder.labeler import (
@@ -38,6 +37,7 @@ from multilabel_imagenet.builder.labeler import (
     pooled_logits,
     save_checkpoint,
 )
+from multilabel_imagenet.progress import bar as progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 """One training step's input: pooled features [B, d] and None, or patch tokens [B, N, d] and the patches
@@ -144,7 +144,7 @@ def fit(
         _restore_optimizer(optimizer, head, optim)
     lr = learning_rate(config, start * steps_per_epoch, steps_per_epoch)
     saved_at = time.monotonic()
-    bar = tqdm(total=config.epochs, initial=start, unit="epoch", desc="train labeler", disable=not progress)
+    bar = progress_bar(total=config.epochs, initial=start, unit="epoch", desc="train labeler", progress=progress)
     for epoch in range(start, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws: the same epoch gives the same steps
         head.train()

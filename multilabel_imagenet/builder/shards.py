@@ -13,12 +13,15 @@ proposals...), written before the shard itself, so summaries never re-read the s
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RowCounter = Callable[[dict], Mapping[str, int]]
@@ -98,6 +101,7 @@ class StageDir:
             if count is not None:
                 _write_atomic(self.counts_path(index), dumps(dict(totals)))
             tmp.replace(final)
+            logger.info("%s: shard %d written (%s)", self.stage, index, final)
         except BaseException:  # interrupted or bad row: leave no partial file (a SIGKILL may leave a .tmp)
             tmp.unlink(missing_ok=True)
             raise
