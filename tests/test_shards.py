@@ -50,3 +50,16 @@ def test_a_killed_write_leaves_no_complete_shard(tmp_path):
     stage.write(0, [{"ok": 1}])
     assert stage.read(0) == [{"ok": 1}] and json.loads(stage.path(0).read_text()) == {"ok": 1}
     assert os.path.getsize(stage.path(0)) > 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "number", "bytes"])
+def test_a_damaged_shard_is_named_with_what_to_do(tmp_path, damage):
+    stage = shards.StageDir(tmp_path, "discover", "train", 1)
+    path = stage.write(0, [{"image_id": "a", "masks": [1, 2]}, {"image_id": "b", "masks": []}])
+    text = path.read_bytes()
+    damaged = {"truncated": text[:-9], "number": text + b"12\n", "bytes": text + b'{"image_id": "\xff"}\n'}[damage]
+    path.write_bytes(damaged)
+    line = 2 if damage == "truncated" else 3
+    expected = rf"{path.name}: line {line} is not a complete row .*rerun the 'discover' stage"
+    with pytest.raises(ValueError, match=expected):
+        stage.read(0)

@@ -123,8 +123,21 @@ class StageDir:
         path = self.path(index)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: shard not built yet (run the '{self.stage}' stage first)")
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+        rows = []
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+                    row = err
+                if not isinstance(row, dict):
+                    reason = row if isinstance(row, ValueError) else f"a JSON {type(row).__name__}, not an object"
+                    raise ValueError(
+                        f"{path}: line {number} is not a complete row ({reason}); the shard is damaged: delete it and "
+                        f"rerun the '{self.stage}' stage to rebuild it"
+                    )
+                rows.append(row)
+        return rows
 
     def require_complete(self) -> None:
         """Raise, naming the first missing shard, unless every shard is complete."""
