@@ -1,6 +1,12 @@
-"""Dense-CRF refinement (real pydensecrf, and the torch CRF against it) and the refinement self-check."""
+"""Dense-CRF refinement (real pydensecrf, and the torch CRF against it) and the refinement self-check.
+
+pydensecrf is the optional extra ``.[pydensecrf]``: the tests of the reference skip where it is absent."""
 
 from __future__ import annotations
+
+import importlib.util
+import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +16,11 @@ from scipy import ndimage
 from multilabel_imagenet.builder import crf, maskcut, synthetic
 from multilabel_imagenet.builder.configs import CRFParams
 from multilabel_imagenet.builder.permutohedral import Lattice
+
+needs_pydensecrf = pytest.mark.skipif(
+    importlib.util.find_spec("pydensecrf") is None,
+    reason="pydensecrf2 (the optional extra: pip install -e '.[pydensecrf]') is not installed",
+)
 
 
 def disc_image(size: int = 96, patch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -26,6 +37,7 @@ def disc_image(size: int = 96, patch: int = 8) -> tuple[np.ndarray, np.ndarray, 
     return image, disc, raw
 
 
+@needs_pydensecrf
 def test_crf_follows_an_image_edge_the_patch_grid_misses():
     image, disc, raw = disc_image()
     out = crf.dense_crf(image, raw)
@@ -34,6 +46,28 @@ def test_crf_follows_an_image_edge_the_patch_grid_misses():
     assert crf.mask_iou(out, disc) > crf.mask_iou(raw, disc) + 0.03
     refined = crf.refine(image, raw, use_crf=True)
     assert refined is not None and crf.mask_iou(refined, raw) >= crf.SELF_CHECK_IOU
+
+
+def test_the_pydensecrf_backend_without_its_extra_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import pydensecrf now raises ImportError
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image, _, raw = disc_image()
+    install = r"pip install 'multilabel-imagenet\[pydensecrf\]'"
+    with pytest.raises(crf.BackendUnavailableError, match=rf"crf_backend 'pydensecrf' .* Install it with: {install}"):
+        crf.dense_crf(image, raw)
+    with pytest.raises(crf.BackendUnavailableError, match="or use crf_backend 'torch', the default"):
+        crf.refine(image, raw, use_crf=True)
+    with pytest.raises(crf.BackendUnavailableError):
+        crf.check_backend("pydensecrf")
+    crf.check_backend("torch")
+    assert crf.refine(image, raw, use_crf=False) is not None  # no CRF, no pydensecrf needed
+    with pytest.raises(ValueError, match="uint8"):  # bad input is still named first
+        crf.dense_crf(image.astype(np.float32), raw)
+    try:  # the error crosses a process pool (crf_workers) intact
+        crf.check_backend("pydensecrf")
+    except crf.BackendUnavailableError as err:
+        assert str(pickle.loads(pickle.dumps(err))) == str(err)
+    assert isinstance(crf.BackendUnavailableError("x"), ImportError | ValueError)  # the build CLI reports ValueError
 
 
 def test_published_parameters_are_the_defaults():
@@ -114,6 +148,7 @@ def test_lattice_rejects_bad_points():
         Lattice(torch.tensor([[0.0, float("nan")]]))
 
 
+@needs_pydensecrf
 def test_torch_crf_equals_pydensecrf_on_the_disc():
     image, disc, raw = disc_image()
     ours = crf.dense_crf_torch(torch.from_numpy(image)[None], torch.from_numpy(raw)[None, None])[0, 0].numpy()
@@ -121,6 +156,7 @@ def test_torch_crf_equals_pydensecrf_on_the_disc():
     assert crf.mask_iou(ours, disc) > crf.mask_iou(raw, disc) + 0.03
 
 
+@needs_pydensecrf
 def test_torch_crf_agrees_with_pydensecrf_on_photographs_and_scenes():
     """The agreement benchmarks/crf_agreement.py records (it checks nothing), pinned here on a smaller set."""
     pytest.importorskip("skimage", reason="scikit-image (dev extra) ships the photographs")

@@ -285,6 +285,10 @@ def test_crf_on_device_equals_upsampling_then_the_torch_crf():
 def test_torch_and_pydensecrf_backends_give_the_same_proposals():
     from dataclasses import replace
 
+    pytest.importorskip(
+        "pydensecrf", reason="pydensecrf2 (the optional extra: pip install -e '.[pydensecrf]') is absent"
+    )
+
     from multilabel_imagenet.builder import backbones, configs
 
     (config,) = configs.preset("synthetic")

@@ -267,6 +267,8 @@ def test_discover_can_import_cutler_proposals(scenes, config_file, tmp_path):
 @pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
 def test_cpu_pools_give_the_same_proposals_as_inline(scenes, config_file, tmp_path, backend):
     """Threads (cpu_threads) and, for pydensecrf, processes (crf_workers) change speed, not proposals."""
+    if backend == "pydensecrf":
+        pytest.importorskip("pydensecrf", reason="pydensecrf2 (the optional extra: pip install -e '.[pydensecrf]')")
     base = settings.BuildConfig.load(config_file)
     base = replace(base, maskcut=[c | {"crf_backend": backend} for c in base.maskcut], cpu_threads=0, crf_workers=0)
 

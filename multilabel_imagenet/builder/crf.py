@@ -2,11 +2,14 @@
 
 Two implementations of the same fully connected CRF (Kraehenbuehl & Koltun 2011) with the published parameters:
 
-* :func:`dense_crf` — pydensecrf, one mask at a time on one CPU core: the published code, the exact reference;
-* :func:`dense_crf_torch` — torch, batched over images and masks, on the CPU or CUDA. Same unaries, kernels,
-  Potts compatibilities, symmetric kernel normalisation and mean-field updates, with the message passing on
-  the same permutohedral-lattice approximation (:mod:`permutohedral`); its masks agree with pydensecrf's
-  (benchmarks/crf_agreement.py, pinned by tests/test_crf.py).
+* :func:`dense_crf_torch` — torch, batched over images and masks, on the CPU or CUDA: the default backend. Same
+  unaries, kernels, Potts compatibilities, symmetric kernel normalisation and mean-field updates as pydensecrf,
+  with the message passing on the same permutohedral-lattice approximation (:mod:`permutohedral`); its masks
+  agree with pydensecrf's (benchmarks/crf_agreement.py, pinned by tests/test_crf.py).
+* :func:`dense_crf` — pydensecrf, one mask at a time on one CPU core: the published code, the exact reference.
+  It is the optional extra ``pydensecrf`` (:data:`PYDENSECRF_INSTALL`): pydensecrf2 ships no wheels and does not
+  compile on Python 3.13, so the package does not require it; without it this backend raises
+  :class:`BackendUnavailableError` with the install command.
 """
 
 from __future__ import annotations
@@ -30,19 +33,49 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+PYDENSECRF_INSTALL = "pip install 'multilabel-imagenet[pydensecrf]'"
+"""The command that adds the pydensecrf reference backend (in a source checkout: ``pip install -e '.[pydensecrf]'``)."""
+
+
+class BackendUnavailableError(ImportError, ValueError):
+    """A CRF backend was selected whose optional package is not installed; the message gives the install command.
+    Also a ValueError (a setting this environment cannot honour), so callers that report bad settings report it."""
+
+
+def load_pydensecrf():
+    """The ``pydensecrf.densecrf`` module, or :class:`BackendUnavailableError` saying how to install it."""
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"crf_backend 'pydensecrf' (the published reference CRF) needs the optional pydensecrf2 package, which "
+            f"is not installed ({err}). Install it with: {PYDENSECRF_INSTALL} (from a checkout: pip install -e "
+            "'.[pydensecrf]'; it compiles from source, needs a C++ compiler, and does not build on Python 3.13), "
+            "or use crf_backend 'torch', the default, whose masks agree with it"
+        ) from None
+    return dcrf
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`BackendUnavailableError` now if ``backend`` (a ``configs.CRF_BACKENDS`` name) cannot run here,
+    so that a build can refuse before its first batch rather than at its first CRF."""
+    if backend == "pydensecrf":
+        load_pydensecrf()
+
+
 def dense_crf(image: np.ndarray, mask: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
-    """Refine a binary mask on its (resized) RGB image with a fully connected CRF (pydensecrf).
+    """Refine a binary mask on its (resized) RGB image with a fully connected CRF (pydensecrf, the optional extra:
+    :class:`BackendUnavailableError` without it).
 
     Unary: -log softmax over the logits [1 - m, m] per pixel; pairwise: a Gaussian (position) kernel and a
     bilateral (position + colour) kernel; mean-field inference, then the per-pixel argmax. Returns bool (H, W).
     """
-    import pydensecrf.densecrf as dcrf  # here: the torch path runs where pydensecrf is not installed
-
     params = params or CRFParams()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
+    dcrf = load_pydensecrf()
     h, w = mask.shape
     fg = mask.astype(np.float64)
     logits = np.stack([1.0 - fg, fg])
