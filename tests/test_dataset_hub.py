@@ -546,3 +546,14 @@ def test_a_pinned_revision_holds_without_the_hub(fake_hub, folder, records, tmp_
     ):
         loading.load(repo_id, "labels", "train", revision="v9.9.9", cache_dir=cache)
     assert loading.load(repo_id, "labels", "train", revision="v1.0.0", cache_dir=cache)["image_id"] == old_ids
+
+
+def test_a_folder_that_cannot_be_updated_after_the_release_is_reported_not_fatal(fake_hub, folder, monkeypatch):
+    def read_only(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(writer, "write_atomic", read_only)
+    said = []
+    result = hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api(), progress=said.append)
+    assert result.committed and fake_hub.repos["org/multilabel-imagenet"]["tags"] == {"v1.0.0": result.commit}
+    assert any("README.md was not updated to the uploaded copy" in line for line in said), said

@@ -290,7 +290,10 @@ def publish(
         )
     for path in ("README.md", card.FIGURE):  # the folder now mirrors the release (the card names the repo)
         if path in files and isinstance(files[path], bytes) and _read(folder / path) != files[path]:
-            writer.write_atomic(folder / path, files[path])
+            try:
+                writer.write_atomic(folder / path, files[path])
+            except OSError as err:  # published and tagged all the same: say so, do not fail
+                say(f"published, but {folder / path} was not updated to the uploaded copy ({err})")
     return PublishResult(plan, commit, committed=plan.needs_commit)
 
 
