@@ -259,3 +259,11 @@ def test_train_refuses_what_it_cannot_do(mini, tmp_path):
         train(_config(mini, tmp_path / "b", model="no_such_net"), echo=None)
     with pytest.raises(ValueError, match="unknown scheme"):
         _config(mini, tmp_path / "c", scheme="soft_local")
+    root, folder = mini
+    args = ["train", "--dataset", str(folder), "--images", str(root), "--model", "test_resnet"]
+    args += ["--output", str(tmp_path / "d"), "--eval", "real", "--eval-images", str(root / "val")]
+    result = CliRunner().invoke(main, args)  # the benchmark's images are looked for before any training
+    assert result.exit_code == 1 and "images of 'real' are missing" in result.output
+    assert not (tmp_path / "d").exists()
+    result = CliRunner().invoke(main, [*args[:7], "--smoothing", "0.9,0.1"])
+    assert result.exit_code == 1 and "0 <= min < max <= 1" in result.output
