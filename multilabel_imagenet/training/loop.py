@@ -332,7 +332,6 @@ def train(
     }
     last = recipe.epochs if config.stop_after_epoch is None else min(recipe.epochs, config.stop_after_epoch)
 
-    epoch = start_epoch
     for epoch in range(start_epoch, last):
         mixer.enabled = not (recipe.mixup_off_epoch and epoch >= recipe.mixup_off_epoch)
         summary = _train_epoch(
