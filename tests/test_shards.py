@@ -13,7 +13,21 @@ def test_shard_spec_and_assignment():
     for bad in ("16/16", "-1/4", "a/b", "3"):
         with pytest.raises(ValueError, match="--shard"):
             shards.parse_shard_spec(bad)
-    assert shards.split_into_shards(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(shards.split_into_shards(list(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    sliced = []
+
+    class Items(list):
+        def __getitem__(self, index):
+            sliced.append(index)
+            return super().__getitem__(index)
+
+    lazy = shards.split_into_shards(Items(range(7)), 3)
+    assert len(lazy) == 3 and sliced == [], "no shard is cut before it is asked for"
+    assert lazy[-1] == [6] and lazy[1] == [3, 4, 5] and sliced == [slice(6, 9), slice(3, 6)]
+    with pytest.raises(IndexError):
+        lazy[3]
+    with pytest.raises(ValueError, match="shard size"):
+        shards.split_into_shards([1], 0)
     assert shards.mine(10, 1, 4) == [1, 5, 9]
     assert sorted(sum((shards.mine(10, w, 4) for w in range(4)), [])) == list(range(10))
 
