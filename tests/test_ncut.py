@@ -137,3 +137,18 @@ def test_affinity_equals_the_thresholded_full_gram_matrix_and_is_symmetric(t):
     a = ncut.affinity(f, 0.1)
     assert torch.equal(a, a.mT)
     assert (a != expected).sum() <= 2  # float rounding right at tau could flip a symmetric pair at most
+
+
+def test_exact_solver_solves_the_published_float64_matrix():
+    """CutLER builds A in float64 with eps = 1e-5 (np.where(A == 0, eps, A)); the exact solver solves that matrix,
+    not float32(1e-5) widened, so the eigenvector has the published rounding (ties then resolve alike)."""
+    f = blob_features(10, 10, 16, seed=2)
+    a = ncut.affinity(f[None], 0.15)
+    am = ncut.published_float64(a[0].numpy())
+    unit = torch.nn.functional.normalize(f.float(), p=2, dim=1)
+    published = (unit @ unit.T).numpy() > 0.15
+    published = np.where(published.astype(float) == 0, 1e-5, published)
+    assert am.dtype == np.float64 and np.array_equal(am, published)
+    d = np.diag(published.sum(axis=1))
+    (x,) = ncut.ncut_exact(a)
+    np.testing.assert_array_equal(x, scipy.linalg.eigh(d - published, d, subset_by_index=[1, 2])[1][:, 0])

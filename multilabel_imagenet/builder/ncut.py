@@ -78,15 +78,31 @@ def _check_batch(a: torch.Tensor) -> None:
         raise ValueError(f"affinity must be a batch of square matrices (B, T, T), got {tuple(a.shape)}")
 
 
+def published_float64(a: np.ndarray) -> np.ndarray:
+    """A float32 binarised affinity (ones and one eps value) as the float64 matrix the published code solves.
+
+    CutLER's MaskCut thresholds in numpy and writes eps into a float64 array (``np.where(A == 0, eps, A)``), so its
+    eps entries are float64(1e-5), not float32(1e-5) = 9.99999975e-06 widened. The two matrices differ by 2.5e-13
+    relative, which is enough to change which of several exactly tied eigenvector entries is the largest after
+    rounding, and so numpy's argmax seed. The eps entries become the float64 number the float32 one was written
+    as (its shortest decimal: 1e-05 for :data:`EPS`)."""
+    am = a.astype(np.float64)
+    low = a.min()
+    if low != 1.0:
+        am[a == low] = float(np.format_float_positional(np.float32(low), unique=True))
+    return am
+
+
 def ncut_exact(a: torch.Tensor) -> list[np.ndarray | None]:
-    """Reference solver: dense generalised eigenproblem in float64, one graph at a time (as published)."""
+    """Reference solver: dense generalised eigenproblem in float64, one graph at a time, on the published float64
+    matrix (:func:`published_float64`)."""
     _check_batch(a)
     out: list[np.ndarray | None] = []
     for ai, deg in zip(a.detach().cpu().numpy(), degenerate(a).tolist(), strict=True):
         if deg:
             out.append(None)
             continue
-        am = ai.astype(np.float64)
+        am = published_float64(ai)
         d = np.diag(am.sum(axis=1))
         _, vecs = scipy.linalg.eigh(d - am, d, subset_by_index=[1, 2])
         out.append(np.ascontiguousarray(vecs[:, 0]))
