@@ -196,6 +196,12 @@ def test_loader_batches_and_seeded_epochs(mini, tmp_path):
         labels, "local_soft", recipe, proposals=proposals, crop_aware=True, num_workers=0, batch_size=2
     )
     assert next(iter(crop_aware))["box"].shape == (2, 4)
+    timm_recipe = Recipe(img_size=32, batch_size=2, transforms="timm")
+    for aware in (False, True):  # timm's train transforms, its crop replaced by the box crop when crop-aware
+        timm_loader = build_loader(
+            labels, "local_soft", timm_recipe, proposals=proposals, crop_aware=aware, num_workers=0
+        )
+        assert next(iter(timm_loader))["image"].shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="no image column"):
         build_loader(loading.load(folder, "labels", "train", cache_dir=tmp_path), recipe=recipe)
     with pytest.raises(ValueError, match="fewer than one batch of 16"):
