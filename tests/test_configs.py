@@ -24,7 +24,13 @@ def test_paper_preset_is_supp_a2():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("feature", "x", "feature"), ("input_size", 0, "input_size"), ("tau", 1.5, "tau"), ("n", 0, "n must")],
+    [
+        ("feature", "x", "feature"),
+        ("input_size", 0, "input_size"),
+        ("tau", 1.5, "tau"),
+        ("n", 0, "n must"),
+        ("seed_tie_rtol", -1e-4, "seed_tie_rtol"),
+    ],
 )
 def test_invalid_configurations_name_the_field(field, value, message):
     kwargs = configs.PAPER[3].to_dict() | {field: value}

@@ -49,6 +49,12 @@ class MaskCutConfig:
     of cut iterations (the most proposals per image). ``crf`` switches the dense-CRF refinement on;
     ``crf_backend`` chooses its implementation (OUR default "torch": it runs batched on the GPU and its masks
     agree with the published pydensecrf's, docs/discover.md; "pydensecrf" is the exact reference).
+    ``seed_tie_rtol`` chooses the seed patch of each cut among the eigenvector's largest entries: 0 (the default)
+    is numpy's exact argmax, as CutLER's maskcut.py takes it; a positive value (``maskcut.SEED_TIE_RTOL`` = 1e-4,
+    this project's earlier rule) takes the first patch within that fraction of max|x| of the maximum: the fast
+    float32 solver then picks the exact float64 one's seed among entries tied in exact arithmetic without solving
+    again (with 0 it solves such graphs again exactly, ``maskcut.seed_decided``), but the masks depart from the
+    published ones where the near-tied patches lie in different objects (docs/discover.md, "Ties").
     """
 
     name: str
@@ -59,6 +65,7 @@ class MaskCutConfig:
     n: int
     crf: bool
     crf_backend: str = "torch"
+    seed_tie_rtol: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -71,6 +78,8 @@ class MaskCutConfig:
             raise ValueError(f"MaskCutConfig {self.name!r}: tau must be in [-1, 1), got {self.tau}")
         if self.n < 1:
             raise ValueError(f"MaskCutConfig {self.name!r}: n must be >= 1, got {self.n}")
+        if not 0.0 <= self.seed_tie_rtol < 1.0:
+            raise ValueError(f"MaskCutConfig {self.name!r}: seed_tie_rtol must be in [0, 1), got {self.seed_tie_rtol}")
         if self.crf_backend not in CRF_BACKENDS:
             raise ValueError(
                 f"MaskCutConfig {self.name!r}: crf_backend must be one of {CRF_BACKENDS}, got {self.crf_backend!r}"

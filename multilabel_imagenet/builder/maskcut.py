@@ -40,43 +40,71 @@ DROP_IOU = 0.5
 DROP_AREA_FRACTION = 0.01
 
 
-# Entries of x within this fraction of max|x| of the maximum count as tied, and ties go to the lowest patch
-# index (numpy's argmax rule for exact ties). Patches masked out earlier have equal x in exact arithmetic;
-# without this, float noise (1e-16 in the exact solver, ~1e-6 in the fast one) would pick among them at random.
-TIE_RTOL = 1e-4
+# The seed is numpy's exact argmax, as in CutLER's maskcut.py (MaskCutConfig.seed_tie_rtol = 0, the default).
+# SEED_TIE_RTOL is the earlier tie-tolerant rule, kept as an option: entries of x within this fraction of max|x|
+# of the maximum count as tied and the lowest patch index wins (numpy's rule for exact ties), so float noise
+# (1e-16 in the exact solver, ~1e-6 in the fast one) does not pick among entries that are equal in exact
+# arithmetic. It is also the margin within which the fast solver's x cannot tell entries apart
+# (:func:`seed_decided`). docs/discover.md ("Ties") gives what each choice does to agreement.
+SEED_TIE_RTOL = 1e-4
 
 
-def first_argmax(v: np.ndarray) -> int:
-    """Index of the first entry of v within TIE_RTOL * max|v| of max(v)."""
-    scale = float(np.abs(v).max())
-    return int(np.flatnonzero(v >= v.max() - TIE_RTOL * scale)[0])
+def near_max(v: np.ndarray, rtol: float) -> np.ndarray:
+    """Indices (ascending) of the entries of v within ``rtol * max|v|`` of max(v)."""
+    return np.flatnonzero(v >= v.max() - rtol * float(np.abs(v).max()))
 
 
-def orient(x: np.ndarray) -> np.ndarray:
-    """x with the sign fixed so that its largest-magnitude entry is positive (see the module docstring)."""
-    return -x if x[first_argmax(np.abs(x))] < 0 else x
+def first_argmax(v: np.ndarray, rtol: float = 0.0) -> int:
+    """The seed's index in v: ``np.argmax(v)`` when ``rtol`` is 0, else the first of :func:`near_max`."""
+    return int(np.argmax(v)) if rtol == 0.0 else int(near_max(v, rtol)[0])
 
 
-def seed_component(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Steps 5-6: bipartition x at its mean, pick the object side and keep the seed's 4-connected component.
+def orient(x: np.ndarray, rtol: float = 0.0) -> np.ndarray:
+    """x with the sign fixed so that its largest-magnitude entry (:func:`first_argmax`) is positive (see the
+    module docstring)."""
+    return -x if x[first_argmax(np.abs(x), rtol)] < 0 else x
 
-    The corner rule is evaluated on the bipartition before any reversal. Returns bool (h', w').
-    """
+
+def _seed_component(x: np.ndarray, grid: tuple[int, int], tie_rtol: float, margin: float) -> tuple[np.ndarray, bool]:
+    """:func:`seed_component`, and whether its outcome is the same for every choice of the seeds among the
+    entries within ``margin`` of the maxima (always True when ``margin`` is 0)."""
     h, w = grid
-    x = orient(np.asarray(x, dtype=np.float64))
+    x = np.asarray(x, dtype=np.float64)
+    big = near_max(np.abs(x), margin) if margin else None
+    decided = big is None or bool((x[big] > 0).all() or (x[big] < 0).all())
+    x = orient(x, tie_rtol)
     candidate = x > np.sum(x) / x.size
-    seed = first_argmax(np.abs(x))
+    seed = first_argmax(np.abs(x), tie_rtol)
+    decided = decided and (big is None or bool(candidate[big].all() or not candidate[big].any()))
     grid_candidate = candidate.reshape(h, w)
     corners = int(grid_candidate[0, 0]) + int(grid_candidate[0, -1]) + int(grid_candidate[-1, 0])
     corners += int(grid_candidate[-1, -1])
     if corners >= 3 or not candidate[seed]:
         x, candidate = -x, ~candidate
-    seed = first_argmax(x)
+    seed = first_argmax(x, tie_rtol)
     labels, _ = ndimage.label(candidate.reshape(h, w), structure=FOUR_CONNECTED)  # step 6: 4-connected
+    decided = decided and (not margin or np.unique(labels.flat[near_max(x, margin)]).size == 1)
     seed_label = labels.flat[seed]
     if seed_label == 0:  # cannot happen for a finite x; never return the background as an object
-        return np.zeros((h, w), dtype=bool)
-    return labels == seed_label
+        return np.zeros((h, w), dtype=bool), decided
+    return labels == seed_label, decided
+
+
+def seed_component(x: np.ndarray, grid: tuple[int, int], tie_rtol: float = 0.0) -> np.ndarray:
+    """Steps 5-6: bipartition x at its mean, pick the object side and keep the seed's 4-connected component.
+
+    The corner rule is evaluated on the bipartition before any reversal. Seeds are picked by
+    :func:`first_argmax` with ``tie_rtol`` (0: numpy's exact argmax, as published). Returns bool (h', w').
+    """
+    return _seed_component(x, grid, tie_rtol, 0.0)[0]
+
+
+def seed_decided(x: np.ndarray, grid: tuple[int, int], margin: float = SEED_TIE_RTOL) -> bool:
+    """Whether x fixes :func:`seed_component`'s mask even if its entries are only known to within
+    ``margin * max|x|``: the entries within that margin of max|x| share a sign and a side of the bipartition, and
+    those within it of max(x) after the reversal lie in one 4-connected component. Where this is False, which of
+    the near-tied patches seeds the object is decided by noise at that scale."""
+    return _seed_component(x, grid, 0.0, margin)[1]
 
 
 def _check_features(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -101,6 +129,8 @@ def maskcut_patches(
     n: int,
     solver: ncut.Solver = ncut.ncut_exact,
     eps: float = ncut.EPS,
+    tie_rtol: float = 0.0,
+    undecided: ncut.Solver | None = None,
 ) -> list[list[np.ndarray]]:
     """Steps 3-7 for a batch: N patch masks per image (bool (h', w'); dropped iterations are empty).
 
@@ -108,6 +138,11 @@ def maskcut_patches(
     iterations together so that one solver call serves the whole batch per iteration. Patches taken by an
     earlier kept mask get zero features (they stay in the graph with affinity eps). A dropped mask paints
     nothing, so the next iteration sees the same graph and its eigenvector is reused.
+
+    ``tie_rtol`` is the seed rule (:func:`seed_component`; ``MaskCutConfig.seed_tie_rtol``, 0 = numpy's exact
+    argmax). ``undecided``, when given, solves again the graphs whose x from ``solver`` leaves the seed to noise
+    (:func:`seed_decided`): :func:`submit` passes the exact solver there when ``solver`` is the fast one and the
+    seed is the exact argmax, so that the fast path takes the exact solver's seed among near-tied patches.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -120,13 +155,12 @@ def maskcut_patches(
     changed = list(range(b))  # images whose graph changed since their last solve
     for it in range(n):
         if changed:
-            solved = solver(ncut.affinity(feats[changed], tau, eps))
-            for i, x in zip(changed, solved, strict=True):
+            for i, x in zip(changed, _solve(feats[changed], grid, tau, eps, solver, undecided), strict=True):
                 vectors[i] = x
         changed = []
         for i in range(b):
             x = vectors[i]
-            mask = np.zeros((h, w), dtype=bool) if x is None else seed_component(x, grid)
+            mask = np.zeros((h, w), dtype=bool) if x is None else seed_component(x, grid, tie_rtol)
             if it >= 1 and (mask_iou(previous[i], mask) > DROP_IOU or mask.sum() <= DROP_AREA_FRACTION * t):
                 mask = np.zeros((h, w), dtype=bool)
             if mask.any():
@@ -135,6 +169,24 @@ def maskcut_patches(
             previous[i] = mask
             masks[i].append(mask)
     return masks
+
+
+def _solve(
+    feats: torch.Tensor,
+    grid: tuple[int, int],
+    tau: float,
+    eps: float,
+    solver: ncut.Solver,
+    undecided: ncut.Solver | None,
+) -> list[np.ndarray | None]:
+    """x per graph from ``solver``; those whose seed it leaves undecided from ``undecided`` (if given)."""
+    a = ncut.affinity(feats, tau, eps)
+    solved = solver(a)
+    if undecided is not None:
+        for j, x in enumerate(solved):
+            if x is not None and not seed_decided(x, grid):
+                solved[j] = undecided(a[j : j + 1])[0]
+    return solved
 
 
 def disjoint(patch_masks: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -310,10 +362,10 @@ def submit(
     """One configuration on a batch of resized images; a future of its proposals per image.
 
     ``resized``: (B, S, S, 3) uint8 (S = ``config.input_size``), ``sizes``: the original (H, W) per image.
-    Steps 1-7 run on ``device`` now: normalisation, the backbone (bf16 on CUDA), the batched normalised cuts,
-    and, for the "torch" CRF backend, the CRF of every mask of the batch. Hole filling, the self-check, resizing
-    to the original size and RLE encoding (and the CRF of the "pydensecrf" backend) go to ``executor`` (threads
-    or processes; inline when None), so they overlap the next batch's GPU work.
+    Steps 1-7 run on ``device`` now: normalisation, the backbone (in its ``precision``, float32 by default), the
+    batched normalised cuts, and, for the "torch" CRF backend, the CRF of every mask of the batch. Hole filling,
+    the self-check, resizing to the original size and RLE encoding (and the CRF of the "pydensecrf" backend) go to
+    ``executor`` (threads or processes; inline when None), so they overlap the next batch's GPU work.
     """
     _check_config(config, extractor, solver)
     if resized.ndim != 4 or tuple(resized.shape[1:]) != (config.input_size, config.input_size, 3):
@@ -325,7 +377,12 @@ def submit(
         torch.cuda.synchronize()
     t1 = time.perf_counter()
     grid = (features.shape[1], features.shape[2])
-    patch_masks = maskcut_patches(features, grid, config.tau, config.n, SOLVERS[solver])
+    # The fast solver's x is good to about SEED_TIE_RTOL: with the exact argmax, the graphs where that cannot
+    # fix the seed are solved again exactly (docs/discover.md, "Ties").
+    undecided = ncut.ncut_exact if solver == "fast" and config.seed_tie_rtol == 0.0 else None
+    patch_masks = maskcut_patches(
+        features, grid, config.tau, config.n, SOLVERS[solver], tie_rtol=config.seed_tie_rtol, undecided=undecided
+    )
     t2 = time.perf_counter()
     refined: list = [None] * len(sizes)
     if config.crf and config.crf_backend == "torch":

@@ -384,6 +384,37 @@ def blob_features(h: int, w: int, d: int, seed: int, noise: float = 0.8, max_rad
     return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
 
 
+def twin_features(h: int, w: int, d: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    """A (h*w, d) map where the seed of a cut is tied in exact arithmetic: a background vector and two disjoint
+    discs (one per half of the width, radius 2 to h/5) with the SAME vector, plus Gaussian noise. The discs'
+    patches have identical affinity rows (exactly so without noise), so their eigenvector entries are equal and
+    which twin is the first mask is decided by the seed rule (``maskcut.first_argmax``). Needs w >= 15."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    f = torch.randn(d, generator=g).expand(h, w, d).clone()
+    twin = torch.randn(d, generator=g)
+    r = int(torch.randint(2, max(3, min(h, w) // 5), (1,), generator=g))
+    for lo, hi in ((r, w // 2 - r), (w // 2 + r, w - r)):
+        cy = int(torch.randint(r, h - r, (1,), generator=g))
+        cx = int(torch.randint(lo, hi, (1,), generator=g))
+        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = twin
+    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
+
+
+def tiny_features(h: int, w: int, d: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    """A (h*w, d) map holding only tiny objects: a background vector and 2-5 discs of radius 1 or 2 (1 to 13
+    patches) with vectors of their own, plus Gaussian noise. Their cuts are nearly degenerate (several objects
+    as good as one another), the case where solvers and seed rules part most."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    f = torch.randn(d, generator=g).expand(h, w, d).clone()
+    for _ in range(2 + seed % 4):
+        cy, cx = torch.randint(0, h, (2,), generator=g)
+        r = torch.randint(1, 3, (1,), generator=g)
+        f[((yy - cy) ** 2 + (xx - cx) ** 2) < r**2] = torch.randn(d, generator=g)
+    return (f + noise * torch.randn(h, w, d, generator=g)).reshape(h * w, d)
+
+
 # Colour photographs bundled with scikit-image (no download): the real-image half of the CRF agreement set.
 SKIMAGE_PHOTOS = (
     "astronaut",
