@@ -222,6 +222,37 @@ def test_work_dir_refuses_other_settings(scenes, config_file, tmp_path):
         pipeline.Build(inputs, config, progress=False).label()
 
 
+def test_work_dir_stamp_names_a_changed_precision_or_device_type(scenes, config_file, tmp_path):
+    """The stamp records the backbones' precision and the device type; resuming with another stops, naming it."""
+    config = settings.BuildConfig.load(config_file)
+    assert config.precision == "fp32" and settings.BuildConfig.preset("paper").precision == "fp32"
+    inputs = settings.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work", device="cpu")
+    pipeline.Build(inputs, config, progress=False)
+    stamp_file = tmp_path / "work" / "build-train.json"
+    stamp = json.loads(stamp_file.read_text())
+    assert stamp["config"]["precision"] == "fp32" and stamp["device"] == "cpu"
+    assert stamp["maskcut_configs"][0]["seed_tie_rtol"] == 0.0
+    with pytest.raises(ValueError, match=r"other settings or images \(config\.precision: 'fp32' there, 'bf16' now\)"):
+        pipeline.Build(inputs, replace(config, precision="bf16"), progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        replace(config, precision="fp16")
+
+    stamp_file.write_text(json.dumps(stamp | {"device": "cuda"}))
+    build = pipeline.Build(inputs, config, progress=False)  # no model runs yet: select / package may run here
+    with pytest.raises(ValueError, match="ran its models on cuda, this process on cpu.*--device cuda"):
+        build.discover()
+    args = ["build", "discover", *_train_args(scenes, tmp_path / "out", config_file)]
+    result = CliRunner().invoke(main, [*args, "--work-dir", str(tmp_path / "work"), "--device", "cpu"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and "ran its models on cuda, this process on cpu" in result.output
+
+    old = {k: v for k, v in stamp.items() if k not in ("device", "maskcut_configs")}  # written before they existed
+    old["config"] = {k: v for k, v in stamp["config"].items() if k != "precision"}
+    stamp_file.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="config.precision: absent there, 'fp32' now; maskcut_configs: absent"):
+        pipeline.Build(inputs, config, progress=False)
+
+
 def test_package_calibrates_ambiguity_on_real_when_asked(reference, config_file, tmp_path):
     config = replace(settings.BuildConfig.load(config_file), ambiguity_calibration="real")
     out = package.package(reference.with_name(reference.name + "-work"), tmp_path / "dataset", config)

@@ -74,25 +74,48 @@ class Build:
     # ------------------------------------------------------------ bookkeeping
 
     def _check_work_dir(self) -> None:
-        """Refuse to mix shards of different configurations or image lists in one work directory."""
+        """Refuse to mix shards of different configurations, image lists or device types in one work directory.
+
+        The stamp holds every setting that changes results (the configuration less :data:`RUNTIME_SETTINGS`,
+        with the MaskCut configurations resolved from their preset), the image list and the device type. A
+        mismatch of the first two stops here; the device type is checked when a stage first runs a model
+        (:meth:`_check_device`), so ``select`` and ``package`` may run elsewhere, e.g. on a CPU node after a GPU
+        build. Either message names what differs."""
         stamp = {
             "config": {k: v for k, v in asdict(self.config).items() if k not in RUNTIME_SETTINGS},
+            "maskcut_configs": [c.to_dict() for c in self.config.maskcut_configs()],
             "images": len(self.records),
             "first": self.records[0].path,
             "last": self.records[-1].path,
             "proposals_from": None if self.inputs.proposals_from is None else str(self.inputs.proposals_from),
+            "device": self.device.type,
         }
         path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved != stamp:
+            self._stamped_device = saved.get("device")
+            differ = stamp_differences(
+                {k: v for k, v in saved.items() if k != "device"}, {k: v for k, v in stamp.items() if k != "device"}
+            )
+            if differ:
                 raise ValueError(
-                    f"{path}: the work directory holds a build with other settings or images; use a new "
+                    f"{path}: the work directory holds a build with other settings or images ({differ}); use a new "
                     f"--work-dir, or delete it to start over"
                 )
         else:
+            self._stamped_device = stamp["device"]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
+
+    def _check_device(self) -> None:
+        """Refuse to run a model on another device type than the work directory's build (results differ)."""
+        if self._stamped_device != self.device.type:
+            there = self._stamped_device or "an unrecorded device type"
+            raise ValueError(
+                f"{self.inputs.work_dir / f'build-{self.inputs.split}.json'}: the work directory's build ran its "
+                f"models on {there}, this process on {self.device.type}; results differ by device type, so use "
+                f"--device {self._stamped_device or '...'}, a new --work-dir, or delete it to start over"
+            )
 
     def stage(self, name: str) -> shards.StageDir:
         return shards.StageDir(self.inputs.work_dir, name, self.inputs.split, len(self.shards))
@@ -117,7 +140,10 @@ class Build:
         return self._threads
 
     def _extractor(self, backbone: str, feature: str) -> backbones.Extractor:
-        return backbones.cached_extractor(self._extractors, backbone, feature, self.config.weights, self.device)
+        self._check_device()
+        return backbones.cached_extractor(
+            self._extractors, backbone, feature, self.config.weights, self.device, self.config.precision
+        )
 
     def run_sharded(self, name: str) -> None:
         """Run a sharded stage (discover, select, label) over this worker's incomplete shards."""
@@ -442,6 +468,28 @@ class Build:
         if timing:
             lines.append(f"  time per stage: {timing}")
         return "\n".join(lines)
+
+
+def stamp_differences(saved: dict, now: dict, prefix: str = "") -> str:
+    """What differs between a saved work-directory stamp and this build's, one clause per setting
+    (``config.precision: 'bf16' there, 'fp32' now``; nested settings by dotted name); "" when they agree."""
+
+    def shown(value: object) -> str:
+        text = "absent" if value is _ABSENT else repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, _ABSENT), now.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = stamp_differences(a, b, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{key}: {shown(a)} there, {shown(b)} now")
+    return "; ".join(out)
+
+
+_ABSENT = object()
 
 
 class _LabelerErrors:

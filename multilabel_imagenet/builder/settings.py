@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from multilabel_imagenet.builder import configs, relabel_maps
+from multilabel_imagenet.builder import backbones, configs, relabel_maps
 from multilabel_imagenet.builder.labeler import LabelerConfig
 
 SPLITS = ("train", "validation")
@@ -55,6 +55,7 @@ class BuildConfig:
     maskcut_preset: str = "paper"  # the four configurations of Supp. A.2
     maskcut: list[dict] = field(default_factory=list)  # explicit configurations; replace the preset when given
     solver: str = "fast"  # normalised cut: "exact" (published, float64) or "fast" (batched torch)
+    precision: str = "fp32"  # backbone forward passes (MaskCut, labeler): "fp32" as the authors run, or "bf16"
     dedup_iou: float = configs.DEFAULT_DEDUP_IOU  # our choice, see configs.DEFAULT_DEDUP_IOU
     tau_sel: float = relabel_maps.TAU_SELECT  # Supp. B.1
     select_mode: str = "paper"  # or "authors" (REFERENCE.md section 2)
@@ -73,6 +74,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         choices = {
             "solver": ("exact", "fast"),
+            "precision": backbones.PRECISIONS,
             "select_mode": relabel_maps.SELECT_MODES,
             "resample": relabel_maps.RESAMPLE_MODES,
             "ambiguity_calibration": ("real", "none"),
