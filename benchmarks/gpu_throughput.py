@@ -5,8 +5,8 @@ On whatever device is present, with the stage code the build runs (``loaders.dis
 
 * decode: decoding + resizing to every input size in DataLoader workers, alone (images/s);
 * per MaskCut configuration (seconds per image, summed over the batches): features (host-to-device copy,
-  normalisation, backbone forward, bf16 autocast on CUDA), cut (affinity + all N normalised cuts), crf (the
-  torch CRF on the device), check (upsampling, hole filling and the self-check, in threads), encode (resizing
+  normalisation, backbone forward in ``--precision``, fp32 by default), cut (affinity + all N normalised cuts),
+  crf (the torch CRF on the device), check (upsampling, hole filling and the self-check, in threads), encode (resizing
   to the original size and RLE, in threads); the thread steps overlap the next batch's device steps;
 * discover: the whole ensemble as the stage runs it, images/s; label: the labeler backbone + head over every
   proposal, images/s; end to end = 1 / (1 / discover + 1 / label), the two passes every image gets;
