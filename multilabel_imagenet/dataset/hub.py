@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from multilabel_imagenet.dataset import card, writer
+from multilabel_imagenet.dataset import card, loading, writer
 
 MANAGED_PREFIXES = ("data/", "metadata/", "loading_script/")
 """Remote files under these folders that the folder does not hold are deleted by the release commit."""
@@ -89,18 +88,6 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning "the Hub could not be reached" under huggingface_hub 0.x (requests) and 1.x+ (httpx)."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled is a ConnectionError
-    for name in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError):
-            errors.append(importlib.import_module(name).TransportError)
-    with contextlib.suppress(ImportError):
-        requests = importlib.import_module("requests")
-        errors += [requests.ConnectionError, requests.Timeout]
-    return tuple(errors)
-
-
 @contextlib.contextmanager
 def _reaching(api: HfApi, state: Callable[[], str]) -> Iterator[None]:
     """Turn "the Hub cannot be reached" into a :class:`PublishError` saying so and what ``state()`` the repo is in."""
@@ -111,7 +98,7 @@ def _reaching(api: HfApi, state: Callable[[], str]) -> Iterator[None]:
             f"HF_HUB_OFFLINE is set: publishing (and --dry-run, which compares the folder with the repo) needs the "
             f"Hub; {state()}. Unset HF_HUB_OFFLINE and rerun"
         ) from None
-    except _network_errors() as err:
+    except loading.network_errors() as err:
         raise PublishError(
             f"cannot reach the Hub at {api.endpoint} ({type(err).__name__}: {err}); {state()}. "
             "Rerun when it is reachable: nothing already uploaded is sent again"

@@ -14,6 +14,7 @@ never saw raises :class:`RevisionError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import re
 from collections.abc import Mapping
@@ -67,7 +68,8 @@ def _offline() -> bool:
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning "the Hub could not be reached" under huggingface_hub 0.x (requests) and 1.x+ (httpx)."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled is a ConnectionError
     for name in ("httpx2", "httpx"):
@@ -125,7 +127,7 @@ def pin_revision(repo_id: str, revision: str, config: str, cache_dir: str | Path
             return HfApi().dataset_info(repo_id, revision=revision).sha, True
         except RevisionNotFoundError:
             raise RevisionError(f"{repo_id} has no revision {revision!r} on the Hub") from None
-        except _network_errors() as err:
+        except network_errors() as err:
             why = f"the Hub cannot be reached ({type(err).__name__}: {err})"
     commit = revision if _COMMIT.match(revision) else cached_refs(repo_id).get(revision)
     if commit is None:
