@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, textlines
 from multilabel_imagenet.dataset import schema
 from multilabel_imagenet.dataset.spool import IdHashes
 from multilabel_imagenet.dataset.writer import BuildInfo, file_sha256, read_build_json, write_dataset
@@ -120,17 +120,11 @@ def _check_tsv_row(filename: str, label: int, idx: tuple, prob: tuple, where: st
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line, decoded as UTF-8 (a leading byte-order mark dropped); a line that is not
-    UTF-8 raises naming the file, the line and the byte."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ImportFormatError(
-                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
-                ) from None
-            yield number, text.removeprefix("\ufeff") if number == 1 else text
+    """:func:`~multilabel_imagenet.textlines.utf8_lines`, a bad line named as ``FILE:LINE``."""
+    try:
+        yield from textlines.utf8_lines(path)
+    except textlines.NotUTF8 as err:
+        raise ImportFormatError(f"{path}:{err.line}: {err.reason}") from None
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[str, str, int, tuple[int, ...], tuple[float, ...]]]:

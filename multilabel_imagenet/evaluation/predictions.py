@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, textlines
 from multilabel_imagenet.evaluation.benchmarks import (
     NUM_VAL_IMAGES,
     VAL_UNIVERSE,
@@ -301,17 +301,11 @@ def _image_names(values: Sequence[object], source: str, rows: str = "row") -> li
 
 
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line, decoded as UTF-8 (a leading byte-order mark dropped); a line that is not
-    UTF-8 raises naming the line and the byte."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise PredictionsError(
-                    f"{path}: line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
-                ) from None
-            yield number, text.removeprefix("\ufeff") if number == 1 else text
+    """:func:`~multilabel_imagenet.textlines.utf8_lines`, a bad line named as ``FILE: line LINE``."""
+    try:
+        yield from textlines.utf8_lines(path)
+    except textlines.NotUTF8 as err:
+        raise PredictionsError(f"{path}: {err}") from None
 
 
 def _read_jsonl(path: Path) -> Predictions:
