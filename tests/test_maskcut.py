@@ -343,6 +343,19 @@ def test_crf_on_device_equals_upsampling_then_the_torch_crf():
             assert np.array_equal(g, alone.numpy())
 
 
+def test_crf_on_device_takes_images_without_masks_in_any_position():
+    """A flat, greyscale or tiny image may get no mask; beside normal images it must not break the batch
+    (issue 16: `could not broadcast input array from shape (0,) into shape (0,24,24)`)."""
+    from multilabel_imagenet.builder import backbones
+
+    resized = torch.from_numpy(np.stack(backbones.resize(_scene_batch(2), 64)))
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:6, 2:6] = True
+    for patch in ([[], [mask]], [[mask], []], [[np.zeros((8, 8), bool)], [mask]], [[], []]):
+        out = maskcut.crf_on_device(resized, patch)
+        assert [len(o) for o in out] == [sum(bool(m.any()) for m in p) for p in patch]
+
+
 def test_torch_and_pydensecrf_backends_give_the_same_proposals():
     from dataclasses import replace
 

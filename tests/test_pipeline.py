@@ -440,3 +440,59 @@ def test_train_labeler_online_and_cached_record_images_that_no_longer_decode(sce
     assert [json.loads(e)["image_id"] for e in errors] == [victim.image_id]
     for folder, training in ((work, "online"), (tmp_path / "work-cached", "cached")):
         assert labeler.load_checkpoint(folder / settings.CHECKPOINT)[1].training == training
+
+
+def _odd_and_bad_images(folder: Path) -> dict[str, str]:
+    """Files that every large image folder has somewhere, named as ImageNet names them: ``{stem: kind}``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    kinds = {}
+
+    def save(kind: str, image: Image.Image, fmt: str) -> None:
+        stem = f"{folder.name}_odd_{len(kinds)}"
+        image.save(folder / f"{stem}.JPEG", fmt)
+        kinds[stem] = kind
+
+    save("greyscale", Image.fromarray(rng.integers(0, 255, (96, 120), dtype=np.uint8), "L"), "JPEG")
+    save("LA", Image.new("LA", (80, 64), (128, 200)), "PNG")
+    save("1-bit", Image.fromarray(rng.random((70, 90)) > 0.5), "PNG")
+    save("1x1", Image.new("RGB", (1, 1), (10, 200, 30)), "PNG")
+    save("2x2", Image.new("RGB", (2, 2), (250, 0, 0)), "JPEG")
+    save("flat", Image.new("RGB", (160, 120), (90, 90, 90)), "JPEG")
+    save("bomb", Image.new("1", (13_000, 13_000)), "PNG")  # > PIL's 89.5 M pixels, < 2x: a warning made an error
+    for kind, data in (("zero-byte", b""), ("random", rng.bytes(5000))):
+        stem = f"{folder.name}_bad_{len(kinds)}"
+        (folder / f"{stem}.JPEG").write_bytes(data)
+        kinds[stem] = kind
+    return kinds
+
+
+def test_a_folder_of_bad_and_odd_images_builds_and_records_each(scenes, config_file, tmp_path):
+    """Issue 16 items 1, 11: undecodable files and valid images that yield no proposal (greyscale, LA, 1-bit,
+    1x1, 2x2, flat) share batches with normal images; the build finishes, every one is in errors.jsonl or has
+    its proposals, and the normal images are untouched."""
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    folder = sorted(p for p in (copy / "train").iterdir() if p.is_dir())[0]
+    kinds = _odd_and_bad_images(folder)
+    maps = copy / "relabel_maps" / folder.name
+    for stem in kinds:  # any map will do: what is asked is that discover and label survive these images
+        shutil.copy(next(maps.glob("*.pt")), maps / f"{stem}.pt")
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(main, ["build", *_train_args(copy, out, config_file)])
+    assert result.exit_code == 0, result.output
+    errors = {e["image_id"]: e for e in map(json.loads, (out / "metadata" / "errors.jsonl").open())}
+    for stem in ("zero-byte", "random", "bomb"):
+        stem = next(s for s, k in kinds.items() if k == stem)
+        assert errors[stem]["stage"] == "discover" and errors[stem]["reason"].startswith("decode: ")
+    assert "decompression bomb" in errors[next(s for s, k in kinds.items() if k == "bomb")]["reason"]
+    proposals = load_dataset(str(out), "proposals", split="train")
+    stored = dict(zip(proposals["image_id"], proposals["masks"], strict=True))
+    for stem, kind in kinds.items():
+        assert stem in errors or stored.get(stem), f"{kind} image {stem} neither recorded nor stored"
+        if kind not in ("zero-byte", "random", "bomb"):  # valid images: decoded, at most without a proposal
+            assert stored.get(stem) or errors[stem]["reason"] == "no proposal", (kind, errors[stem])
+    normal = {p.stem for p in (scenes / "train").rglob("*.JPEG")}
+    assert normal <= set(stored) and not normal & set(errors)

@@ -272,9 +272,11 @@ def crf_on_device(
     most = max(map(len, keep), default=0)
     if most == 0:
         return out
-    grids = np.zeros((b, most, *patch_masks[0][0].shape), dtype=bool)
+    grid = next(masks[0].shape for masks in keep if masks)  # an image may have no mask (a flat or tiny image)
+    grids = np.zeros((b, most, *grid), dtype=bool)
     for i, masks in enumerate(keep):
-        grids[i, : len(masks)] = masks
+        if masks:
+            grids[i, : len(masks)] = masks
     rows, cols = (torch.from_numpy(x).to(resized.device) for x in nearest_indices(grids.shape[2:], size))
     chosen = torch.from_numpy(grids).to(resized.device)[:, :, rows][:, :, :, cols]  # [B, K, S, S]
     chunk = CRF_CHUNK if resized.is_cuda else 1
