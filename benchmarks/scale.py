@@ -1,6 +1,7 @@
 """The build's last mile at ImageNet's size, without images or models: package, importers, loading, targets.
 
-Per size N (train images; validation is 50000/1281167 of it, at least 300) it writes a work directory of
+Per size N (train images; validation is 50000/1281167 of it, at least 300, or a fixed ``--validation`` count, as a
+real build always has 50,000, so that doubling N doubles only train) it writes a work directory of
 discover and label shards (blob masks at ImageNet's usual image sizes as COCO RLE, 1-4 per image, top-k
 softmax-like classes per mask and for the whole image), the stamps ``build-<split>.json`` (written by the CLI
 itself), a TSV in the authors' format and a CutLER-style COCO JSON, all streamed. It then measures, each in a
@@ -11,7 +12,7 @@ per item of every target scheme on one core through ``DataLoader(collate_fn=coll
 DataLoader workers over an epoch. ``scale.json`` beside this file gets the figures per size, their growth from
 one size to the next and the Parquet layout written (file and row-group sizes, shard counts).
 
-    python benchmarks/scale.py [--sizes 10000,100000,1281167] [--work DIR] [--keep] [--out FILE]
+    python benchmarks/scale.py [--sizes 10000,100000,1281167] [--validation 50000] [--work DIR] [--keep] [--out FILE]
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def _mb(path: Path) -> float:
 
 def measure_size(root: Path, n: int, args: argparse.Namespace) -> dict:
     """Generate one size under ``root`` and run every measurement on it."""
-    n_val = min(FULL_VAL, max(min(n, 300), round(n * FULL_VAL / FULL_TRAIN)))
+    n_val = args.validation or min(FULL_VAL, max(min(n, 300), round(n * FULL_VAL / FULL_TRAIN)))
     config = root / "config.json"  # the paper preset, as `build config` prints it; shard_size names the shards
     root.mkdir(parents=True, exist_ok=True)
     config.write_text(subprocess.check_output([*CLI, "build", "config", "--format", "json"], text=True), "utf-8")
@@ -448,6 +449,7 @@ def growth(sizes: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=f"10000,100000,{FULL_TRAIN}", help="Train images per run, comma-separated.")
+    parser.add_argument("--validation", type=int, help="Validation images at every size [default: scaled with N].")
     parser.add_argument("--work", type=Path, help="Folder for the generated data [default: a temporary folder].")
     parser.add_argument("--keep", action="store_true", help="Keep each size's data (else deleted after it).")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("scale.json"))
