@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import classes, textlines
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ImageDecodeError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a listing scan holds one per image (1.28M for train)
 class ImageRecord:
     """One image of a source. ``label`` is the original ImageNet-1k class index, or None when unknown."""
 
@@ -93,16 +93,21 @@ def _require_folder(root: str | Path) -> Path:
 
 
 def _unique(records: list[ImageRecord], where: Path) -> list[ImageRecord]:
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for r in records:
         if r.image_id in seen:
-            raise SourceError(f"{where}: image id {r.image_id!r} occurs twice ({seen[r.image_id]} and {r.path})")
-        seen[r.image_id] = r.path
+            first = next(f.path for f in records if f.image_id == r.image_id)
+            raise SourceError(f"{where}: image id {r.image_id!r} occurs twice ({first} and {r.path})")
+        seen.add(r.image_id)
     return records
 
 
 def train_source(root: str | Path) -> list[ImageRecord]:
     """Images in ``<root>/<wnid>/`` folders, labelled by their folder's wnid (train, or val sorted by class)."""
+    return _unique(list(_train_records(root)), Path(root))
+
+
+def _train_records(root: str | Path) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     folders = _subfolders(root)
     bad = [f.name for f in folders if f.name not in classes.wnids()]
@@ -110,12 +115,9 @@ def train_source(root: str | Path) -> list[ImageRecord]:
         raise SourceError(f"{root}: folders must be ImageNet-1k wnids such as n01440764; found {bad[:5]}")
     if not folders:
         raise SourceError(f"{root}: no <wnid>/ class folders")
-    records = [
-        ImageRecord(f.stem, f"{folder.name}/{f.name}", classes.index_of(folder.name), root)
-        for folder in folders
-        for f in _image_files(folder)
-    ]
-    return _unique(records, root)
+    for folder in folders:
+        label = classes.index_of(folder.name)
+        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in _image_files(folder))
 
 
 def read_val_labels(path: str | Path) -> dict[str, int]:
@@ -173,65 +175,77 @@ def _devkit_ids(meta: Path) -> dict[int, str]:
 def val_source(root: str | Path, labels: str | Path | None = None) -> list[ImageRecord]:
     """Validation images: flat ``ILSVRC2012_val_*.JPEG`` files (labels from ``labels``, else unknown) or
     ``<wnid>/`` folders (labels from the folders)."""
+    return _unique(list(_val_records(root, labels)), Path(root))
+
+
+def _val_records(root: str | Path, labels: str | Path | None) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     if _subfolders(root) and not _image_files(root):
-        return train_source(root)
+        yield from _train_records(root)
+        return
     truth = read_val_labels(labels) if labels is not None else {}
-    records = []
+    empty = True
     for f in _image_files(root):
         if not _VAL_NAME.match(f.stem):
             raise SourceError(f"{root}: {f.name} is not named ILSVRC2012_val_XXXXXXXX")
         if labels is not None and f.stem not in truth:
             raise SourceError(f"{labels}: no label for {f.name}")
-        records.append(ImageRecord(f.stem, f.name, truth.get(f.stem), root))
-    if not records:
+        empty = False
+        yield ImageRecord(f.stem, f.name, truth.get(f.stem), root)
+    if empty:
         raise SourceError(f"{root}: no ILSVRC2012_val_*.JPEG files and no <wnid>/ folders")
-    return records
 
 
 def imagenetv2_source(root: str | Path) -> list[ImageRecord]:
     """ImageNetV2 ``<class_idx>/<sha1>.jpeg``; folders are integer class indices, ordered numerically."""
+    return _unique(list(_imagenetv2_records(root)), Path(root))
+
+
+def _imagenetv2_records(root: str | Path) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     folders = _subfolders(root)
     bad = [f.name for f in folders if not f.name.isdigit() or int(f.name) >= classes.NUM_CLASSES]
     if bad or not folders:
         raise SourceError(f"{root}: ImageNetV2 folders must be class indices 0..999; found {bad[:5] or 'none'}")
-    records = [
-        ImageRecord(f.stem, f"{folder.name}/{f.name}", int(folder.name), root)
-        for folder in sorted(folders, key=lambda f: int(f.name))
-        for f in _image_files(folder)
-    ]
-    return _unique(records, root)
+    for folder in sorted(folders, key=lambda f: int(f.name)):
+        label = int(folder.name)
+        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in _image_files(folder))
 
 
 def list_source(paths: str | Path | Iterable[str | Path], root: str | Path | None = None) -> list[ImageRecord]:
     """Images named in a text file (one path per line, optionally ``<path> <label>`` with an index or wnid)
     or given as an iterable of paths. Relative paths are resolved against ``root``: by default the list
     file's folder, or the current folder for an iterable."""
+    where = Path(paths) if isinstance(paths, (str, Path)) else Path("path list")
+    return _unique(list(_list_records(paths, root)), where)
+
+
+def _list_records(paths: str | Path | Iterable[str | Path], root: str | Path | None) -> Iterator[ImageRecord]:
     if isinstance(paths, (str, Path)):
         list_file = Path(paths)
         if not list_file.is_file():
             raise SourceError(f"{list_file}: list file not found")
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines: Iterable[tuple[int, str]] = textlines.utf8_lines(list_file)  # streamed: ImageNet's list is 1.28M lines
         base = Path(root) if root is not None else list_file.parent
         where = str(list_file)
     else:
-        lines = [str(p) for p in paths]
+        lines = enumerate((str(p) for p in paths), 1)
         base = Path(root) if root is not None else Path.cwd()
         where = "path list"
-    records = []
-    for number, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) > 2:
-            raise SourceError(f"{where}, line {number}: expected '<path> [<label>]', got {line!r}")
-        label = _parse_label(fields[1], where, number) if len(fields) == 2 else None
-        rel = Path(fields[0])
-        if rel.is_absolute():
-            rel = rel.relative_to(base) if rel.is_relative_to(base) else rel
-        records.append(ImageRecord(rel.stem, rel.as_posix(), label, base))
-    return _unique(records, Path(where))
+    try:
+        for number, line in lines:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) > 2:
+                raise SourceError(f"{where}, line {number}: expected '<path> [<label>]', got {line.rstrip()!r}")
+            label = _parse_label(fields[1], where, number) if len(fields) == 2 else None
+            rel = Path(fields[0])
+            if rel.is_absolute():
+                rel = rel.relative_to(base) if rel.is_relative_to(base) else rel
+            yield ImageRecord(rel.stem, rel.as_posix(), label, base)
+    except textlines.NotUTF8 as err:
+        raise SourceError(f"{where}, line {err.line}: {err.reason}") from None
 
 
 def _parse_label(value: str, where: str, line: int) -> int:
@@ -261,6 +275,12 @@ def detect_layout(root: str | Path) -> str:
 
 def open_source(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> list[ImageRecord]:
     """The records of ``root`` in ``layout`` (one of :data:`LAYOUTS`; ``auto`` detects it)."""
+    return _unique(list(iter_source(root, layout, labels)), Path(root))
+
+
+def iter_source(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> Iterator[ImageRecord]:
+    """:func:`open_source`'s records one at a time, for a listing that stores them as it scans; the caller checks
+    that image ids are unique. The layout is checked now, the files as the iterator reaches them."""
     if layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if layout == "auto":
@@ -268,12 +288,12 @@ def open_source(root: str | Path, layout: str = "auto", labels: str | Path | Non
     if labels is not None and layout != "val":
         raise SourceError(f"a labels file applies to the flat val layout only, not to {layout!r} ({root})")
     if layout == "train":
-        return train_source(root)
+        return _train_records(root)
     if layout == "val":
-        return val_source(root, labels)
+        return _val_records(root, labels)
     if layout == "imagenetv2":
-        return imagenetv2_source(root)
-    return list_source(root)
+        return _imagenetv2_records(root)
+    return _list_records(root, None)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -374,7 +374,7 @@ def test_listing_and_summary_come_from_the_work_dir(reference, scenes, config_fi
     def no_read(self, index):
         raise AssertionError(f"shard {index} of {self.stage} was re-read")
 
-    monkeypatch.setattr(pipeline.listing.images, "open_source", no_scan)
+    monkeypatch.setattr(pipeline.listing.images, "iter_source", no_scan)
     monkeypatch.setattr(shards.StageDir, "read", no_read)
     inputs = settings.BuildInputs(scenes / "train", "train", reference, work, relabel_maps=scenes / "relabel_maps")
     build = pipeline.Build(inputs, settings.BuildConfig.load(config_file), progress=False)

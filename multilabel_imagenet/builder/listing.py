@@ -9,11 +9,13 @@ process holds tens of MB for the listing instead of a million Python objects.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from multilabel_imagenet import images
@@ -45,30 +47,42 @@ class ImageList(Sequence):
         return images.ImageRecord(image_id, path, label, self.root)
 
 
+SCAN_CHUNK = 65_536  # records held as Python objects at once while a scan turns them into Arrow columns
+
+
+def _scan(root: Path, layout: str, labels: Path | None) -> pa.Table:
+    """The records of ``root`` as one Arrow table, converted a chunk at a time; refuses a repeated image id."""
+    records, chunks = images.iter_source(root, layout, labels), []
+    while chunk := list(itertools.islice(records, SCAN_CHUNK)):
+        columns = [[r.image_id for r in chunk], [r.path for r in chunk], [r.label for r in chunk]]
+        chunks.append(pa.record_batch(columns, schema=_SCHEMA))
+    table = pa.Table.from_batches(chunks, schema=_SCHEMA)
+    ids = table.column("image_id")
+    ordered = pc.take(ids, pc.sort_indices(ids)).combine_chunks()  # a tenth of value_counts' memory
+    repeats = pc.indices_nonzero(pc.equal(ordered.slice(1), ordered.slice(0, max(0, len(ordered) - 1))))
+    if len(repeats):
+        image_id = ordered[repeats[0].as_py()].as_py()
+        paths = pc.filter(table.column("path"), pc.equal(ids, image_id)).to_pylist()
+        raise images.SourceError(f"{root}: image id {image_id!r} occurs twice ({paths[0]} and {paths[1]})")
+    return table
+
+
 def listing_path(work_dir: Path, split: str) -> Path:
     return Path(work_dir) / f"images-{split}.parquet"
 
 
 def open_listing(work_dir: Path, split: str, root: Path, layout: str = "auto", labels: Path | None = None) -> ImageList:
-    root = Path(root)
     """The stored listing of ``split``, or a scan of ``root`` written there first (atomically)."""
+    root = Path(root)
     path = listing_path(work_dir, split)
     if not path.is_file():
-        records = images.open_source(root, layout, labels)
-        table = pa.table(
-            {
-                "image_id": [r.image_id for r in records],
-                "path": [r.path for r in records],
-                "label": [r.label for r in records],
-            },
-            schema=_SCHEMA,
-        )
-        del records
+        table = _scan(root, layout, labels)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # one row group: read back as one chunk, ImageList's combine_chunks needs no copy
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, table.num_rows))
         tmp.replace(path)
+        del table
     try:
         table = pq.read_table(path, schema=_SCHEMA)
     except (pa.ArrowInvalid, OSError) as err:
