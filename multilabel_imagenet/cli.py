@@ -193,7 +193,7 @@ def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
             ray_runner.run(build, stages, opts["shard"])
         else:
             build.run(stages)
-    except (ValueError, FileNotFoundError, images.SourceError) as err:
+    except (ValueError, FileNotFoundError, images.SourceError, images.ImageReadError) as err:
         raise click.ClickException(str(err)) from None
     if not opts["quiet"]:
         click.echo(build.summary())

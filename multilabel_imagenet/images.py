@@ -11,16 +11,19 @@ root, original ``label`` when known), sorted by path so every run sees the same 
 
 Decoding (:func:`decode_image`) returns RGB whatever the file holds (greyscale, CMYK, palette, alpha, 16-bit,
 a PNG saved with a .JPEG name) and raises :class:`ImageDecodeError` naming the file and the reason for anything
-that cannot be decoded completely (truncated, corrupt, empty, not an image, a decompression bomb).
+that cannot be decoded completely (truncated, corrupt, empty, not an image, a decompression bomb), and
+:class:`ImageReadError` where the file system failed to read it (EIO, ESTALE, EMFILE, EACCES... tried again first).
 :func:`iter_decoded` turns those errors into records so that one bad file never stops a run.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import re
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -49,6 +52,29 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class ImageReadError(OSError):
+    """Reading an image failed for a reason of the file system (:data:`TRANSIENT_ERRNOS`), not of its bytes, on
+    every try: the image is not recorded as bad; the work that needed it (a shard) fails, and a rerun tries
+    again. Picklable, so DataLoader workers can hand it back as a value."""
+
+    def __init__(self, path: str | Path, reason: str = ""):
+        super().__init__(f"{path}: {reason}" if reason else str(path))
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EIO, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EAGAIN, errno.EBUSY, errno.EINTR}
+    | {errno.ETIMEDOUT, errno.ENOMEM, errno.ENOBUFS, errno.ECONNRESET, errno.EHOSTDOWN}
+)
+"""``errno`` values of a read that may succeed when tried again (an NFS or FUSE hiccup, a descriptor limit, a
+permission being fixed); any other failure is the file's own and permanent."""
+READ_TRIES = 3
+RETRY_SECONDS = 0.5  # before the second try; doubled before each later one
 
 
 @dataclass(frozen=True, slots=True)  # slots: a listing scan holds one per image (1.28M for train)
@@ -316,7 +342,24 @@ def decode_image(path: str | Path, exif_transpose: bool = False) -> Image.Image:
     orientation is NOT applied by default, because standard training loaders (``PIL.Image.open(...)
     .convert("RGB")`` in torchvision and timm) do not apply it either, and masks must line up with the pixels
     users train on; ``exif_transpose=True`` applies it. Truncated files are errors, never silently padded.
+
+    A failure of the file system rather than of the file's bytes (:data:`TRANSIENT_ERRNOS`) is tried
+    :data:`READ_TRIES` times in all, then raised as :class:`ImageReadError`, never as a bad image.
     """
+    for attempt in range(READ_TRIES):
+        try:
+            return _decode_once(path, exif_transpose)
+        except OSError as err:  # only a transient one leaves _decode_once
+            failure = f"{errno.errorcode.get(err.errno, err.errno)}: {err.strerror or err}"
+            logger.info("%s: %s (try %d of %d)", path, failure, attempt + 1, READ_TRIES)
+            if attempt + 1 < READ_TRIES:
+                time.sleep(RETRY_SECONDS * 2**attempt)
+    raise ImageReadError(path, f"read failed {READ_TRIES} times ({failure}); not a bad image, so try again later")
+
+
+def _decode_once(path: str | Path, exif_transpose: bool) -> Image.Image:
+    """One try of :func:`decode_image`: :class:`ImageDecodeError` for the file's content; an ``OSError`` of the
+    file system passes through."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -331,7 +374,11 @@ def decode_image(path: str | Path, exif_transpose: bool = False) -> Image.Image:
         raise ImageDecodeError(path, "not a recognised image format (empty or corrupt file?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(path, f"decompression bomb refused: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except OSError as err:
+        if err.errno in TRANSIENT_ERRNOS:
+            raise
+        raise ImageDecodeError(path, f"cannot decode: {err}") from None
+    except (SyntaxError, ValueError) as err:
         raise ImageDecodeError(path, f"cannot decode: {err}") from None
 
 

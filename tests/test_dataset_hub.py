@@ -21,6 +21,7 @@ from huggingface_hub import DatasetCard, HfApi
 from huggingface_hub.utils._http import default_client_factory
 from test_dataset_support import BUILD, synthetic_records
 
+from multilabel_imagenet import atomic
 from multilabel_imagenet.cli import main
 from multilabel_imagenet.dataset import card, hub, loading, writer
 
@@ -552,7 +553,7 @@ def test_a_folder_that_cannot_be_updated_after_the_release_is_reported_not_fatal
     def read_only(path, data):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(writer, "write_atomic", read_only)
+    monkeypatch.setattr(atomic, "write_bytes", read_only)
     said = []
     result = hub.publish(folder, "org/multilabel-imagenet", "1.0.0", api=_api(), progress=said.append)
     assert result.committed and fake_hub.repos["org/multilabel-imagenet"]["tags"] == {"v1.0.0": result.commit}

@@ -13,6 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from test_dataset_support import BUILD, synthetic_records
 
+from multilabel_imagenet import atomic
 from multilabel_imagenet.builder import aggregate
 from multilabel_imagenet.dataset import card, schema, writer
 
@@ -242,14 +243,14 @@ def test_an_interrupted_write_leaves_the_previous_files_whole(records, tmp_path,
     """A kill mid-write (here: an interrupt as build.json or a shard is renamed) never leaves a torn file."""
     folder = writer.write_dataset(tmp_path / "f", BUILD, labels=records[0])
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    replace_file = writer._replace
+    replace_file = atomic.replace
 
     def interrupted(tmp, path):
         if path.name == "build.json":
             raise KeyboardInterrupt
         replace_file(tmp, path)
 
-    monkeypatch.setattr(writer, "_replace", interrupted)
+    monkeypatch.setattr(atomic, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         writer.write_config(folder, "proposals", records[1], BUILD)
     assert writer.read_build_json(folder) == json.loads(before[folder / writer.BUILD_JSON])
@@ -258,7 +259,7 @@ def test_an_interrupted_write_leaves_the_previous_files_whole(records, tmp_path,
     def torn_shard(tmp, path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writer, "_replace", torn_shard)
+    monkeypatch.setattr(atomic, "replace", torn_shard)
     with pytest.raises(KeyboardInterrupt):
         writer.write_config(folder, "proposals", records[1], BUILD)
     assert not (folder / "data/proposals").exists() or not list((folder / "data/proposals").iterdir())

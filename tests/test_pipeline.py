@@ -496,3 +496,44 @@ def test_a_folder_of_bad_and_odd_images_builds_and_records_each(scenes, config_f
             assert stored.get(stem) or errors[stem]["reason"] == "no proposal", (kind, errors[stem])
     normal = {p.stem for p in (scenes / "train").rglob("*.JPEG")}
     assert normal <= set(stored) and not normal & set(errors)
+
+
+def test_a_failed_read_fails_its_shard_and_a_rerun_finishes_it(reference, scenes, config_file, tmp_path, monkeypatch):
+    """Issue 16 item 2: EIO on every try is not a bad image: the shard is not written, the error names the file
+    and the shard, and a rerun once the file system is back gives the reference dataset."""
+    import errno
+
+    from PIL import Image
+
+    from multilabel_imagenet import images
+
+    victim = sorted((scenes / "train").rglob("*.JPEG"))[4]  # shard 1 (shard_size 3)
+    real = Image.open
+
+    def failing(fp, *args, **kwargs):
+        if str(fp) == str(victim):
+            raise OSError(errno.EIO, "Input/output error", str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", failing)
+    monkeypatch.setattr(images, "RETRY_SECONDS", 0.0)
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{victim}: read failed 3 times (EIO" in result.output
+    assert "shard 1 of discover was not written, rerun the build to try again" in result.output
+    found = shards.StageDir(tmp_path / "dataset-work", "discover", "train", 3)
+    assert found.is_complete(0) and not found.is_complete(1)
+    monkeypatch.setattr(Image, "open", real)
+    _cli_build(scenes, out, config_file)
+    assert _data_files(out) == _data_files(reference)
+
+
+def test_a_torn_work_dir_stamp_names_the_file(scenes, config_file, tmp_path):
+    out = tmp_path / "dataset"
+    stamp = tmp_path / "dataset-work" / "build-train.json"
+    stamp.parent.mkdir()
+    stamp.write_text('{"config": {"shard')
+    result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{stamp}: torn or corrupt work-directory stamp" in result.output

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multilabel_imagenet import images
+from multilabel_imagenet import atomic, images
 from multilabel_imagenet.builder import backbones, labeler, relabel_maps
 
 
@@ -46,7 +46,7 @@ def write_label_maps(
             continue
         features = backbones.patch_tokens(extractor, [np.asarray(image)], config.input_size, device)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = atomic.temporary(target)
         torch.save(torch.from_numpy(labeler.label_map(head, features, size)), tmp)
         tmp.replace(target)
         written += 1

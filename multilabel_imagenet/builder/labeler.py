@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from multilabel_imagenet import classes
+from multilabel_imagenet import atomic, classes
 
 PatchExtractor = Callable[[torch.Tensor], torch.Tensor]
 """A frozen backbone: normalised images [B, 3, S, S] -> patch tokens [B, h, w, d] (CLS/registers dropped)."""
@@ -214,7 +214,7 @@ def save_checkpoint(
         "num_classes": str(head.num_classes),
     }
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic.temporary(path)  # two trainings on one work directory never share one
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
 

@@ -22,7 +22,7 @@ import pyarrow.ipc
 import torch
 from pycocotools import mask as mask_utils
 
-from multilabel_imagenet import classes, images
+from multilabel_imagenet import atomic, classes, images
 from multilabel_imagenet.builder import backbones
 from multilabel_imagenet.builder.labeler import LabelerConfig, LabelerHead, PatchExtractor, drop_patches, masks_to_grid
 from multilabel_imagenet.builder.labeler_train import Batch, fit
@@ -130,7 +130,7 @@ def write_samples(path: str | Path, parts: Iterable[list[dict]]) -> int:
     """Stream ``parts`` (lists of rows of :data:`SAMPLES_SCHEMA`, e.g. one per shard) into the Arrow IPC file
     ``path``, written under a temporary name and renamed when complete; returns the number of samples."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic.temporary(path)
     count = 0
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SAMPLES_SCHEMA) as writer:
         for rows in parts:
@@ -172,6 +172,8 @@ class OnlineSamples(torch.utils.data.Dataset):
             image = np.array(images.decode_image(row["path"]))
         except images.ImageDecodeError as err:
             return None, None, row["label"], err.reason
+        except images.ImageReadError as err:  # raised by the training loop: a failed read is not a bad image
+            return None, None, row["label"], err
         if image.shape[:2] != (h, w):
             return None, None, row["label"], f"image is {image.shape[0]} x {image.shape[1]}, its masks {h} x {w}"
         mask = np.ones((h, w), np.uint8)
@@ -237,6 +239,8 @@ def train_online(
         )
         for b, (batch_images, masks, labels, failed) in enumerate(loader):
             for k, reason in failed:
+                if isinstance(reason, images.ImageReadError):
+                    raise reason
                 if on_error is not None:
                     on_error(dataset.row(order[b * config.batch_size + k]), reason)
             if not len(labels):

@@ -10,7 +10,6 @@ process holds tens of MB for the listing instead of a million Python objects.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from multilabel_imagenet import images
+from multilabel_imagenet import atomic, images
 
 _SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32())])
 
@@ -78,7 +77,7 @@ def open_listing(work_dir: Path, split: str, root: Path, layout: str = "auto", l
     if not path.is_file():
         table = _scan(root, layout, labels)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = atomic.temporary(path)
         # one row group: read back as one chunk, ImageList's combine_chunks needs no copy
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, table.num_rows))
         tmp.replace(path)

@@ -21,6 +21,7 @@ class ResizedBatch:
     sizes: list[tuple[int, int]]  # their original (height, width)
     resized: dict[int, torch.Tensor]  # input size S -> (len(indices), S, S, 3) uint8
     errors: list[tuple[int, str]]  # (position, reason) of those that did not
+    unreadable: list[images.ImageReadError]  # reads the file system failed: the batch cannot be finished
 
     def pin_memory(self) -> ResizedBatch:
         """Page-locked copies, so the host-to-GPU copies run asynchronously (DataLoader's pin_memory)."""
@@ -28,8 +29,9 @@ class ResizedBatch:
 
 
 class _Resized(torch.utils.data.Dataset):
-    """Decodes records in DataLoader workers and resizes each image to every input size; a failure becomes an
-    error string, never an exception."""
+    """Decodes records in DataLoader workers and resizes each image to every input size; a bad image becomes an
+    error string, a failed read (:class:`~multilabel_imagenet.images.ImageReadError`) a value raised in the
+    main process, never an exception in a worker."""
 
     def __init__(self, records: Sequence[images.ImageRecord], input_sizes: Sequence[int]):
         self.records, self.input_sizes = records, input_sizes
@@ -42,14 +44,17 @@ class _Resized(torch.utils.data.Dataset):
             image = images.decode_image(self.records[i].full_path)
         except images.ImageDecodeError as err:
             return i, None, None, err.reason
+        except images.ImageReadError as err:
+            return i, None, None, err
         return i, (image.height, image.width), {s: backbones.resize([image], s)[0] for s in self.input_sizes}, None
 
 
 def _collate_resized(items: list) -> ResizedBatch:
     ok = [(i, size, resized) for i, size, resized, err in items if err is None]
     stacked = {s: torch.from_numpy(np.stack([r[s] for _, _, r in ok])) for s in ok[0][2]} if ok else {}
-    errors = [(i, err) for i, _, _, err in items if err is not None]
-    return ResizedBatch([i for i, _, _ in ok], [tuple(size) for _, size, _ in ok], stacked, errors)
+    errors = [(i, err) for i, _, _, err in items if isinstance(err, str)]
+    unreadable = [err for *_, err in items if isinstance(err, images.ImageReadError)]
+    return ResizedBatch([i for i, _, _ in ok], [tuple(size) for _, size, _ in ok], stacked, errors, unreadable)
 
 
 def resized_batches(
@@ -59,7 +64,8 @@ def resized_batches(
     num_workers: int,
     pin_memory: bool = False,
 ) -> Iterator[ResizedBatch]:
-    """Batches of images decoded and resized (LANCZOS) to each of ``input_sizes`` in ``num_workers`` processes."""
+    """Batches of images decoded and resized (LANCZOS) to each of ``input_sizes`` in ``num_workers`` processes;
+    raises :class:`~multilabel_imagenet.images.ImageReadError` where the file system failed to read one."""
     loader = torch.utils.data.DataLoader(
         _Resized(records, input_sizes),
         batch_size=batch_size,
@@ -68,7 +74,10 @@ def resized_batches(
         shuffle=False,
         pin_memory=pin_memory,
     )
-    yield from loader
+    for batch in loader:
+        if batch.unreadable:
+            raise batch.unreadable[0]
+        yield batch
 
 
 def discover_records(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from functools import cache
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from multilabel_imagenet import classes, targets
+from multilabel_imagenet import atomic, classes, targets
 from multilabel_imagenet.builder import aggregate, labeler, shards
 from multilabel_imagenet.builder.settings import (
     AMBIGUITY_JSON,
@@ -137,7 +136,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
         raise FileNotFoundError(f"{work_dir}: no build found (run discover and label first)")
     errors_path = output / ERRORS_JSONL
     errors_path.parent.mkdir(parents=True, exist_ok=True)
-    errors_tmp = errors_path.with_name(f".{errors_path.name}.{os.getpid()}.tmp")
+    errors_tmp = atomic.temporary(errors_path)
     errors = open(errors_tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed below, also on failure)
     try:
         splits = {s: _Split(work_dir, s, config, errors) for s in split_names}
@@ -174,7 +173,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
     errors_tmp.replace(errors_path)
     if config.ambiguity_calibration == "real" and "validation" in splits:
         ambiguity = _calibrate_on_validation(output)
-        (output / AMBIGUITY_JSON).write_text(json.dumps(ambiguity.to_dict(), indent=1) + "\n", encoding="utf-8")
+        atomic.write_text(output / AMBIGUITY_JSON, json.dumps(ambiguity.to_dict(), indent=1) + "\n")
     return output
 
 

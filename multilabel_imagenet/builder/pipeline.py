@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multilabel_imagenet import images
+from multilabel_imagenet import atomic, images
 from multilabel_imagenet.builder import (
     backbones,
     labeler,
@@ -92,7 +92,13 @@ class Build:
         }
         path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
         if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{path}: torn or corrupt work-directory stamp ({err}); it records the settings of the shards "
+                    f"beside it: delete the work directory to start over, or restore the file"
+                ) from None
             self._stamped_device = saved.get("device")
             differ = stamp_differences(
                 {k: v for k, v in saved.items() if k != "device"}, {k: v for k, v in stamp.items() if k != "device"}
@@ -105,7 +111,7 @@ class Build:
         else:
             self._stamped_device = stamp["device"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
+            atomic.write_text(path, json.dumps(stamp, indent=1, sort_keys=True))  # a kill leaves no torn stamp
 
     def _check_device(self) -> None:
         """Refuse to run a model on another device type than the work directory's build (results differ)."""
@@ -152,7 +158,12 @@ class Build:
         self.check_ready(name)
         with self._bar(sum(len(self.shards[i]) for i in todo), name) as bar:
             for i in todo:
-                self.write_shard(name, i, bar.update)
+                try:
+                    self.write_shard(name, i, bar.update)
+                except images.ImageReadError as err:
+                    raise images.ImageReadError(
+                        err.path, f"{err.reason}; shard {i} of {name} was not written, rerun the build to try again"
+                    ) from None
 
     def write_shard(self, name: str, index: int, tick: Callable[[int], object] = lambda n: None) -> None:
         """Compute shard ``index`` of stage ``name`` and write it with its counters."""
@@ -376,10 +387,9 @@ class Build:
                         items.append((tokens, torch.from_numpy(_masks(rows[j])), samples))
                     bar.update(1)
                 if items:
-                    labeler_train.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(
-                        cache_dir / f"shard-{i:05d}.safetensors.tmp"
-                    )
-                    (cache_dir / f"shard-{i:05d}.safetensors.tmp").replace(cache_dir / f"shard-{i:05d}.safetensors")
+                    tmp = atomic.temporary(cache_dir / f"shard-{i:05d}.safetensors")  # unique to this process
+                    labeler_train.build_feature_cache(items, replace(lab, seed=lab.seed + i)).save(tmp)
+                    tmp.replace(cache_dir / f"shard-{i:05d}.safetensors")
                 else:  # an empty file marks a shard without samples as done
                     (cache_dir / f"shard-{i:05d}.safetensors").write_bytes(b"")
         parts = [

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from multilabel_imagenet import atomic
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -108,7 +110,7 @@ class StageDir:
         ``count``, its counters first (a complete shard always has them)."""
         final = self.path(index)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = atomic.temporary(final)
         totals: Counter = Counter()
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -119,7 +121,7 @@ class StageDir:
                 f.flush()
                 os.fsync(f.fileno())
             if count is not None:
-                _write_atomic(self.counts_path(index), dumps(dict(totals)))
+                atomic.write_text(self.counts_path(index), dumps(dict(totals)))
             tmp.replace(final)
             logger.info("%s: shard %d written (%s)", self.stage, index, final)
         except BaseException:  # interrupted or bad row: leave no partial file (a SIGKILL may leave a .tmp)
@@ -136,7 +138,7 @@ class StageDir:
             totals: Counter = Counter()
             for row in self.read(index):
                 totals.update(count(row))
-            _write_atomic(path, dumps(dict(totals)))
+            atomic.write_text(path, dumps(dict(totals)))
             return dict(totals)
 
     def read(self, index: int) -> list[dict]:
@@ -173,9 +175,3 @@ class StageDir:
         self.require_complete()
         for i in range(self.num_shards):
             yield from self.read(i)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

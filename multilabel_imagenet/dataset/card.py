@@ -12,6 +12,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from multilabel_imagenet import atomic
 from multilabel_imagenet.dataset import schema, writer
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # also at <repo>/cards/
@@ -142,7 +143,7 @@ def label_counts_png(series: dict[str, dict[str, float]]) -> bytes:
 
 def draw_label_counts(series: dict[str, dict[str, float]], path: str | Path) -> Path:
     """:func:`label_counts_png` written (atomically) to ``path``."""
-    return writer.write_atomic(path, label_counts_png(series))
+    return atomic.write_bytes(path, label_counts_png(series))
 
 
 def figure_png(manifest: dict) -> bytes | None:
@@ -197,8 +198,8 @@ def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
     check_card(text.decode("utf-8"), manifest, folder / "README.md")
     figure = figure_png(manifest)
     if figure is not None:
-        writer.write_atomic(folder / FIGURE, figure)
-    return writer.write_atomic(folder / "README.md", text)
+        atomic.write_bytes(folder / FIGURE, figure)
+    return atomic.write_bytes(folder / "README.md", text)
 
 
 def check_card(text: str, manifest: dict, where: str | Path = "README.md") -> dict:

@@ -36,6 +36,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from multilabel_imagenet import atomic
 from multilabel_imagenet.dataset import card, loading, writer
 
 MANAGED_PREFIXES = ("data/", "metadata/", "loading_script/")
@@ -278,7 +279,7 @@ def publish(
     for path in ("README.md", card.FIGURE):  # the folder now mirrors the release (the card names the repo)
         if path in files and isinstance(files[path], bytes) and _read(folder / path) != files[path]:
             try:
-                writer.write_atomic(folder / path, files[path])
+                atomic.write_bytes(folder / path, files[path])
             except OSError as err:  # published and tagged all the same: say so, do not fail
                 say(f"published, but {folder / path} was not updated to the uploaded copy ({err})")
     return PublishResult(plan, commit, committed=plan.needs_commit)

@@ -8,8 +8,9 @@ Layout (a folder = a Hub dataset repo)::
     metadata/build.json                               version, fingerprints, parameters, models, statistics
 
 Deterministic: the same records and build info give the same bytes (no timestamps; fixed Parquet settings).
-Every file is written under a hidden temporary name and renamed into place when complete (:func:`write_atomic`),
-so a kill mid-write or a second writer never leaves a torn shard, build.json or card.
+Every file is written under a hidden temporary name and renamed into place when complete
+(:mod:`multilabel_imagenet.atomic`), so a kill mid-write or a second writer never leaves a torn shard, build.json
+or card.
 Writing a config replaces that config's shards and leaves the other config as it is, so importers can fill the
 two configs of one folder from different sources.
 """
@@ -23,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from multilabel_imagenet import __version__
+from multilabel_imagenet import __version__, atomic
 from multilabel_imagenet.dataset import schema, spool
 from multilabel_imagenet.dataset.spool import DatasetWriteError as DatasetWriteError  # raised by write_config
 
@@ -128,40 +128,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _temporary(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this process and thread (never read by a loader or a publish)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    """fsync ``tmp`` and rename it to ``path`` (atomic on POSIX), then fsync the folder so the rename persists."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # not every platform opens a folder for fsync
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` under a hidden temporary name, then rename it into place: a reader, a concurrent
-    writer or a kill mid-write sees the old file or the new one, never a torn one (a kill may leave a hidden
-    ``.NAME.*.tmp`` file, which nothing reads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        tmp.write_bytes(data)
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on the folder ``folder`` (created if needed; no lock file is left behind) where the
@@ -222,7 +188,7 @@ def _write_shards(folder: Path, config: str, split: str, spooled: spool.Spool, p
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         left = bounds[index + 1] - bounds[index]
-        tmp = _temporary(path)  # renamed into place when complete: a kill never leaves a torn shard under its name
+        tmp = atomic.temporary(path)  # renamed into place when complete: a kill never leaves a torn shard
         try:
             with pq.ParquetWriter(
                 tmp, spooled.arrow_schema, compression=policy.compression, write_page_index=True
@@ -233,7 +199,7 @@ def _write_shards(folder: Path, config: str, split: str, spooled: spool.Spool, p
                     table = _take(pending, batches, min(left, group_rows))
                     out.write_table(table, row_group_size=table.num_rows)
                     left -= table.num_rows
-            _replace(tmp, path)
+            atomic.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -364,7 +330,7 @@ def write_config(
             "configs": dict(sorted(configs.items())),
         }
         manifest["fingerprint"] = fingerprint(manifest["configs"])
-        write_atomic(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        atomic.write_bytes(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return entry
 
 
@@ -386,5 +352,5 @@ def write_dataset(
     card.write_card(folder)
     if not _SCRIPT_SOURCE.is_file():
         raise FileNotFoundError(f"{_SCRIPT_SOURCE}: the classic loading script is missing from the installed package")
-    write_atomic(Path(folder) / LOADING_SCRIPT, _SCRIPT_SOURCE.read_bytes())
+    atomic.write_bytes(Path(folder) / LOADING_SCRIPT, _SCRIPT_SOURCE.read_bytes())
     return Path(folder)
