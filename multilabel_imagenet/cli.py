@@ -150,6 +150,11 @@ def _build_options(command):
         ),
         click.option("--shard", help="I/N: process every N-th shard from I (SLURM arrays); package merges them."),
         click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True),
+        click.option(
+            "--retry-errors",
+            is_flag=True,
+            help="Try again the images recorded as failed in complete shards, and redo what depended on them.",
+        ),
         click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -187,6 +192,12 @@ def _make_build(opts: dict):
 def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
     try:
         build = _make_build(opts)
+        if opts["retry_errors"]:
+            from multilabel_imagenet.builder import retry
+
+            retried = retry.retry_errors(build)
+            if not opts["quiet"]:
+                click.echo(retried.summary())
         if opts["runner"] == "ray":
             from multilabel_imagenet.builder import ray_runner
 

@@ -537,3 +537,33 @@ def test_a_torn_work_dir_stamp_names_the_file(scenes, config_file, tmp_path):
     result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{stamp}: torn or corrupt work-directory stamp" in result.output
+
+
+def test_retry_errors_redoes_a_fixed_image_and_what_depended_on_it(reference, scenes, config_file, tmp_path):
+    """Issue 16 item 2: `build --retry-errors` tries recorded failures again. Still bad: nothing is rewritten.
+    Fixed: its shard, the later stages and (its samples changed) the labeler are redone, giving the dataset a
+    clean build gives."""
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    victim = sorted((copy / "train").rglob("*.JPEG"))[4]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:200])
+    out = tmp_path / "dataset"
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", *_train_args(copy, out, config_file)]).exit_code == 0
+    work = tmp_path / "dataset-work"
+    shard = shards.StageDir(work, "discover", "train", 3).path(1)
+    stamp = shard.stat().st_mtime_ns
+    args = [*_train_args(copy, out, config_file)]
+    args.remove("--quiet")
+    result = runner.invoke(main, ["build", *args, "--retry-errors"])
+    assert result.exit_code == 0, result.output
+    assert "discover: 1 shards tried again, 0 changed" in result.output and shard.stat().st_mtime_ns == stamp
+    victim.write_bytes(good)
+    result = runner.invoke(main, ["build", *args, "--retry-errors"])
+    assert result.exit_code == 0, result.output
+    assert "discover: 1 shards tried again, 1 changed; select: 1 shards tried again, 1 changed" in result.output
+    assert "it is trained again and every shard relabelled" in result.output
+    errors = (out / "metadata" / "errors.jsonl").read_text()
+    assert victim.stem not in errors
+    assert _data_files(out) == {k: v for k, v in _data_files(reference).items() if "validation" not in k}
