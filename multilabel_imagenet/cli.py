@@ -240,6 +240,13 @@ def build_group(ctx: click.Context, **opts) -> None:
         folder = demo.build_synthetic_demo(root, device=opts["device"], progress=not opts["quiet"])
         _print_load_hint(folder)
         return
+    if opts["shard"]:
+        raise click.UsageError(
+            "--shard I/N runs one stage's shards, and train-labeler and package need every shard of the stage "
+            "before them. Run, with the same options: `build discover --shard I/N` on every worker, then `build "
+            "select --shard I/N` (train), `build train-labeler` once, `build label --shard I/N` on every worker, and "
+            "`build package` once"
+        )
     _run_stages(opts, ("discover", "select", "train-labeler", "label", "package"))
 
 

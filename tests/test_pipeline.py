@@ -567,3 +567,37 @@ def test_retry_errors_redoes_a_fixed_image_and_what_depended_on_it(reference, sc
     errors = (out / "metadata" / "errors.jsonl").read_text()
     assert victim.stem not in errors
     assert _data_files(out) == {k: v for k, v in _data_files(reference).items() if "validation" not in k}
+
+
+def test_package_records_what_built_each_split(reference, config_file, tmp_path):
+    """Issue 16 item 3: build.json says per split its image count, device type and any setting of its stamp that
+    differs from the packaging configuration."""
+    build = json.loads((reference / "metadata" / "build.json").read_text())
+    splits = build["configs"]["labels"]["build"]["parameters"]["splits"]
+    assert splits == {"train": {"images": 8, "device": "cpu"}, "validation": {"images": 4, "device": "cpu"}}
+    work = tmp_path / "work"
+    shutil.copytree(reference.with_name(reference.name + "-work"), work)
+    stamp_file = work / "build-validation.json"
+    stamp = json.loads(stamp_file.read_text())
+    stamp["config"]["version"] = "0.9.0"  # as if validation had been built by another configuration
+    stamp_file.write_text(json.dumps(stamp))
+    out = package.package(work, tmp_path / "dataset", settings.BuildConfig.load(config_file))
+    build = json.loads((out / "metadata" / "build.json").read_text())
+    assert build["configs"]["labels"]["build"]["parameters"]["splits"]["validation"]["config"] == {"version": "0.9.0"}
+
+
+def test_a_shard_held_by_another_process_and_shard_without_stage_are_refused(scenes, config_file, tmp_path):
+    """Issue 16 item 3: a second process on a shard stops naming the holder; `build --shard` names the commands."""
+    import socket
+
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file), "--shard", "0/2"])
+    assert result.exit_code == 2 and "`build discover --shard I/N` on every worker" in result.output
+    lock = shards.StageDir(tmp_path / "dataset-work", "discover", "train", 3).lock_path(1)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))  # pid 1 is alive
+    result = CliRunner().invoke(main, ["build", "discover", *_train_args(scenes, out, config_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{lock}: shard 1 of discover is being computed by pid 1 on {socket.gethostname()}" in result.output
+    found = shards.StageDir(tmp_path / "dataset-work", "discover", "train", 3)
+    assert found.is_complete(0) and not found.is_complete(1) and lock.is_file()

@@ -77,3 +77,33 @@ def test_a_damaged_shard_is_named_with_what_to_do(tmp_path, damage):
     expected = rf"{path.name}: line {line} is not a complete row .*rerun the 'discover' stage"
     with pytest.raises(ValueError, match=expected):
         stage.read(0)
+
+
+def test_a_shard_is_held_by_one_process_at_a_time(tmp_path):
+    """Issue 16 item 3: the lock file names the holder; a second process stops with that; a lock left by a dead
+    process of this host is taken over; the lock goes when the work ends, also on failure."""
+    import socket
+    import subprocess
+    import sys
+
+    stage = StageDir(tmp_path, "discover", "train", 4)
+    with stage.lock(2):
+        held = json.loads(stage.lock_path(2).read_text())
+        assert held == {"pid": os.getpid(), "host": socket.gethostname()}
+        mine = rf"shard 2 of discover is being computed by pid {os.getpid()}"
+        with pytest.raises(shards.ShardLockedError, match=mine), stage.lock(2):
+            pass
+        with stage.lock(3):  # other shards are free
+            pass
+    assert not stage.lock_path(2).exists()
+    with pytest.raises(RuntimeError), stage.lock(1):
+        raise RuntimeError("the stage failed")
+    assert not stage.lock_path(1).exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stage.lock_path(0).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    with stage.lock(0):  # its holder exited: taken over
+        assert json.loads(stage.lock_path(0).read_text())["pid"] == os.getpid()
+    stage.lock_path(0).write_text(json.dumps({"pid": int(gone.stdout), "host": "another-node"}))
+    elsewhere = "on another-node; .*delete the lock file if that process"
+    with pytest.raises(shards.ShardLockedError, match=elsewhere), stage.lock(0):
+        pass

@@ -32,14 +32,30 @@ from multilabel_imagenet.dataset import schema, writer
 ERRORS_JSONL = "metadata/errors.jsonl"
 
 
-def split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) -> shards.StageDir:
-    """The result files of ``stage`` for a split built in ``work_dir`` (its shard count from the split's stamp)."""
+def split_stamp(work_dir: Path, split: str) -> dict:
+    """The work directory's stamp of ``split``: what built it (configuration, images, device type)."""
     stamp_path = work_dir / f"build-{split}.json"
     try:
-        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{stamp_path}: damaged build stamp ({err}); rerun the build's first stage") from None
-    return shards.StageDir(work_dir, stage, split, math.ceil(stamp["images"] / config.shard_size))
+        return json.loads(stamp_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{stamp_path}: torn or corrupt work-directory stamp ({err}); delete the work directory to start over, "
+            f"or restore the file"
+        ) from None
+
+
+def split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) -> shards.StageDir:
+    """The result files of ``stage`` for a split built in ``work_dir`` (its shard count from the split's stamp)."""
+    images = split_stamp(work_dir, split)["images"]
+    return shards.StageDir(work_dir, stage, split, math.ceil(images / config.shard_size))
+
+
+def _split_parameters(work_dir: Path, split: str, parameters: dict) -> dict:
+    """What built ``split``: its image count, device type, and each setting of its stamp that differs from
+    ``parameters`` (the package's configuration), so a release says how each split was made."""
+    stamp = split_stamp(work_dir, split)
+    differ = {k: v for k, v in stamp["config"].items() if parameters.get(k) != v}
+    return {"images": stamp["images"], "device": stamp.get("device")} | ({"config": differ} if differ else {})
 
 
 def _shard_rows(work_dir: Path, split: str, config: BuildConfig) -> Iterator[tuple[dict, dict | None, str | None]]:
@@ -150,6 +166,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
             if (work_dir / "select").is_dir():
                 inputs["relabel_selection"] = _selection_fingerprint(work_dir, config)
             parameters = {k: v for k, v in asdict(config).items() if k not in RUNTIME_SETTINGS}
+            parameters["splits"] = {s: _split_parameters(work_dir, s, parameters) for s in splits}
             models = {c.name: c.backbone for c in config.maskcut_configs()}
             return writer.BuildInfo(
                 version=config.version,

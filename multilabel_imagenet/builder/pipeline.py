@@ -35,7 +35,7 @@ from multilabel_imagenet.builder import (
     shards,
 )
 from multilabel_imagenet.builder.loaders import discover_records, label_records, labeler_features
-from multilabel_imagenet.builder.package import ERRORS_JSONL, package
+from multilabel_imagenet.builder.package import ERRORS_JSONL, package, split_stamp
 from multilabel_imagenet.builder.settings import (
     CHECKPOINT,
     LABELER_ERRORS,
@@ -92,13 +92,7 @@ class Build:
         }
         path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
         if path.is_file():
-            try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(
-                    f"{path}: torn or corrupt work-directory stamp ({err}); it records the settings of the shards "
-                    f"beside it: delete the work directory to start over, or restore the file"
-                ) from None
+            saved = split_stamp(self.inputs.work_dir, self.inputs.split)
             self._stamped_device = saved.get("device")
             differ = stamp_differences(
                 {k: v for k, v in saved.items() if k != "device"}, {k: v for k, v in stamp.items() if k != "device"}
@@ -166,8 +160,12 @@ class Build:
                     ) from None
 
     def write_shard(self, name: str, index: int, tick: Callable[[int], object] = lambda n: None) -> None:
-        """Compute shard ``index`` of stage ``name`` and write it with its counters."""
-        self.stage(name).write(index, self.shard_rows(name, index, tick), ROW_COUNTERS[name])
+        """Compute shard ``index`` of stage ``name`` and write it with its counters, holding its lock (a shard
+        another process finished meanwhile is left as it is)."""
+        stage = self.stage(name)
+        with stage.lock(index):
+            if not stage.is_complete(index):
+                stage.write(index, self.shard_rows(name, index, tick), ROW_COUNTERS[name])
 
     def check_ready(self, name: str) -> None:
         """Fail early, naming what is missing, when stage ``name`` cannot run with these inputs."""

@@ -48,12 +48,13 @@ def _has_error(build: Build, name: str, index: int) -> bool:
 def _recompute(build: Build, name: str, index: int, done: Retried) -> bool:
     """Compute shard ``index`` of ``name`` again; write it if its rows differ. Returns whether they did."""
     stage = build.stage(name)
-    old = stage.read(index)
-    new = build.shard_rows(name, index)
-    done.computed.setdefault(name, []).append(index)
-    if new == old:
-        return False
-    stage.write(index, new, ROW_COUNTERS[name])
+    with stage.lock(index):
+        old = stage.read(index)
+        new = build.shard_rows(name, index)
+        done.computed.setdefault(name, []).append(index)
+        if new == old:
+            return False
+        stage.write(index, new, ROW_COUNTERS[name])
     done.changed.setdefault(name, []).append(index)
     logger.info("%s shard %d: recorded failures tried again, rows changed", name, index)
     return True

@@ -7,14 +7,18 @@ SIGKILL may leave a hidden ``.shard-*.tmp`` file, which is never read). Lines
 are serialised with sorted keys and fixed float formatting, so the same results give the same bytes.
 An image that failed a stage has ``"error": "<reason>"`` in its line instead of results; it is never dropped.
 Beside each shard, ``shard-00042-of-00100.counts.json`` holds small counters of its rows (images, errors,
-proposals...), written before the shard itself, so summaries never re-read the shards' payloads.
+proposals...), written before the shard itself, so summaries never re-read the shards' payloads. While a process
+computes a shard it holds ``shard-00042-of-00100.lock`` (its pid and host): a second process on that shard stops
+with an error naming the holder instead of racing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,6 +133,39 @@ class StageDir:
             raise
         return final
 
+    def lock_path(self, index: int) -> Path:
+        return self.path(index).with_suffix(".lock")
+
+    @contextlib.contextmanager
+    def lock(self, index: int) -> Iterator[None]:
+        """Hold shard ``index`` while it is computed: a lock file with this process's pid and host. A second
+        process gets :class:`ShardLockedError` naming the holder; a lock left by a dead process of this host
+        (a SIGKILL) is taken over."""
+        path, me = self.lock_path(index), {"pid": os.getpid(), "host": socket.gethostname()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in (1, 2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if attempt == 1 and holder is not None and holder["host"] == me["host"] and not _alive(holder["pid"]):
+                    logger.info("%s: left by pid %d, which is gone; taken over", path, holder["pid"])
+                    path.unlink(missing_ok=True)
+                    continue
+                who = "another process" if holder is None else f"pid {holder['pid']} on {holder['host']}"
+                raise ShardLockedError(
+                    f"{path}: shard {index} of {self.stage} is being computed by {who}; two processes on one shard "
+                    f"would do the work twice. Give each worker its own --shard I/N, or delete the lock file if that "
+                    f"process is gone"
+                ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dumps(me))
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
     def counts(self, index: int, count: RowCounter) -> dict[str, int]:
         """The counters of a complete shard; computed from its rows (and stored) where a shard has none."""
         path = self.counts_path(index)
@@ -175,3 +212,25 @@ class StageDir:
         self.require_complete()
         for i in range(self.num_shards):
             yield from self.read(i)
+
+
+class ShardLockedError(ValueError):
+    """A shard is being computed by another process (its lock file names which)."""
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return {"pid": int(holder["pid"]), "host": str(holder["host"])}
+    except (OSError, ValueError, KeyError, TypeError):  # gone, or being written at this moment
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
