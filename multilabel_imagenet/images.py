@@ -22,6 +22,7 @@ import csv
 import errno
 import json
 import logging
+import os
 import re
 import time
 import warnings
@@ -103,8 +104,49 @@ class DecodeFailure:
         return asdict(self)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass(frozen=True)
+class SkippedFile:
+    """A directory entry named like an image that no record can be made of, and why (a broken or looping symbolic
+    link, a file name that is not UTF-8): a scan reports these instead of losing them."""
+
+    path: str  # relative to the source root; undecodable bytes of a name as \x escapes
+    reason: str
+
+
+def _image_files(folder: Path, skipped: list[SkippedFile] | None = None, root: Path | None = None) -> list[Path]:
+    """The image files of ``folder``, sorted; entries named like images that cannot be used go to ``skipped``."""
+    found = []
+    for p in folder.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        reason = _unusable(p)
+        if reason is None:
+            found.append(p)
+        elif reason and skipped is not None:
+            name = str(p.relative_to(root) if root is not None else p.name)
+            name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            skipped.append(SkippedFile(name, reason))
+            logger.warning("%s: %s; recorded and skipped", p, reason)
+    return sorted(found)
+
+
+def _unusable(path: Path) -> str | None:
+    """Why ``path`` cannot be an image record (None: it can; "": a folder named like an image, not reported)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not UTF-8 (a dataset stores names as UTF-8 text): rename it"
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return ""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as err:
+            kind = "symbolic link loop" if err.errno == errno.ELOOP else "broken symbolic link"
+            return f"{kind} ({err.strerror}) to {os.readlink(path)}"
+    return "not a regular file"
 
 
 def _subfolders(root: Path) -> list[Path]:
@@ -133,7 +175,7 @@ def train_source(root: str | Path) -> list[ImageRecord]:
     return _unique(list(_train_records(root)), Path(root))
 
 
-def _train_records(root: str | Path) -> Iterator[ImageRecord]:
+def _train_records(root: str | Path, skipped: list[SkippedFile] | None = None) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     folders = _subfolders(root)
     bad = [f.name for f in folders if f.name not in classes.wnids()]
@@ -143,7 +185,8 @@ def _train_records(root: str | Path) -> Iterator[ImageRecord]:
         raise SourceError(f"{root}: no <wnid>/ class folders")
     for folder in folders:
         label = classes.index_of(folder.name)
-        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in _image_files(folder))
+        files = _image_files(folder, skipped, root)
+        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in files)
 
 
 def read_val_labels(path: str | Path) -> dict[str, int]:
@@ -204,14 +247,16 @@ def val_source(root: str | Path, labels: str | Path | None = None) -> list[Image
     return _unique(list(_val_records(root, labels)), Path(root))
 
 
-def _val_records(root: str | Path, labels: str | Path | None) -> Iterator[ImageRecord]:
+def _val_records(
+    root: str | Path, labels: str | Path | None, skipped: list[SkippedFile] | None = None
+) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     if _subfolders(root) and not _image_files(root):
-        yield from _train_records(root)
+        yield from _train_records(root, skipped)
         return
     truth = read_val_labels(labels) if labels is not None else {}
     empty = True
-    for f in _image_files(root):
+    for f in _image_files(root, skipped, root):
         if not _VAL_NAME.match(f.stem):
             raise SourceError(f"{root}: {f.name} is not named ILSVRC2012_val_XXXXXXXX")
         if labels is not None and f.stem not in truth:
@@ -227,7 +272,7 @@ def imagenetv2_source(root: str | Path) -> list[ImageRecord]:
     return _unique(list(_imagenetv2_records(root)), Path(root))
 
 
-def _imagenetv2_records(root: str | Path) -> Iterator[ImageRecord]:
+def _imagenetv2_records(root: str | Path, skipped: list[SkippedFile] | None = None) -> Iterator[ImageRecord]:
     root = _require_folder(root)
     folders = _subfolders(root)
     bad = [f.name for f in folders if not f.name.isdigit() or int(f.name) >= classes.NUM_CLASSES]
@@ -235,7 +280,8 @@ def _imagenetv2_records(root: str | Path) -> Iterator[ImageRecord]:
         raise SourceError(f"{root}: ImageNetV2 folders must be class indices 0..999; found {bad[:5] or 'none'}")
     for folder in sorted(folders, key=lambda f: int(f.name)):
         label = int(folder.name)
-        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in _image_files(folder))
+        files = _image_files(folder, skipped, root)
+        yield from (ImageRecord(f.stem, f"{folder.name}/{f.name}", label, root) for f in files)
 
 
 def list_source(paths: str | Path | Iterable[str | Path], root: str | Path | None = None) -> list[ImageRecord]:
@@ -300,13 +346,17 @@ def detect_layout(root: str | Path) -> str:
 
 
 def open_source(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> list[ImageRecord]:
-    """The records of ``root`` in ``layout`` (one of :data:`LAYOUTS`; ``auto`` detects it)."""
-    return _unique(list(iter_source(root, layout, labels)), Path(root))
+    """The records of ``root`` in ``layout`` (one of :data:`LAYOUTS`; ``auto`` detects it); unusable entries
+    named like images are logged as warnings."""
+    return _unique(list(iter_source(root, layout, labels, [])), Path(root))
 
 
-def iter_source(root: str | Path, layout: str = "auto", labels: str | Path | None = None) -> Iterator[ImageRecord]:
+def iter_source(
+    root: str | Path, layout: str = "auto", labels: str | Path | None = None, skipped: list[SkippedFile] | None = None
+) -> Iterator[ImageRecord]:
     """:func:`open_source`'s records one at a time, for a listing that stores them as it scans; the caller checks
-    that image ids are unique. The layout is checked now, the files as the iterator reaches them."""
+    that image ids are unique. Entries named like images that cannot be used (:class:`SkippedFile`) are appended
+    to ``skipped``. The layout is checked now, the files as the iterator reaches them."""
     if layout not in LAYOUTS:
         raise SourceError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if layout == "auto":
@@ -314,11 +364,11 @@ def iter_source(root: str | Path, layout: str = "auto", labels: str | Path | Non
     if labels is not None and layout != "val":
         raise SourceError(f"a labels file applies to the flat val layout only, not to {layout!r} ({root})")
     if layout == "train":
-        return _train_records(root)
+        return _train_records(root, skipped)
     if layout == "val":
-        return _val_records(root, labels)
+        return _val_records(root, labels, skipped)
     if layout == "imagenetv2":
-        return _imagenetv2_records(root)
+        return _imagenetv2_records(root, skipped)
     return _list_records(root, None)
 
 

@@ -498,6 +498,33 @@ def test_a_folder_of_bad_and_odd_images_builds_and_records_each(scenes, config_f
     assert normal <= set(stored) and not normal & set(errors)
 
 
+def test_entries_the_scan_cannot_list_are_recorded_not_lost(scenes, config_file, tmp_path):
+    """Issue 16 item 11: broken and looping symbolic links named .JPEG and a file name that is not UTF-8 are
+    recorded with stage `list` (they used to vanish, or kill `package` with 'surrogates not allowed')."""
+    import os
+
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    folder = sorted(p for p in (copy / "train").iterdir() if p.is_dir())[0]
+    (folder / "broken.JPEG").symlink_to(folder / "gone.JPEG")
+    (folder / "loop_a.JPEG").symlink_to(folder / "loop_b.JPEG")
+    (folder / "loop_b.JPEG").symlink_to(folder / "loop_a.JPEG")
+    image = sorted(folder.glob("n*.JPEG"))[0]
+    shutil.copy(image, folder / os.fsdecode(b"caf\xe9.JPEG"))  # Latin-1, not UTF-8
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(main, ["build", *_train_args(copy, out, config_file)])
+    assert result.exit_code == 0, result.output
+    listed = [e for e in map(json.loads, (out / "metadata" / "errors.jsonl").open()) if e["stage"] == "list"]
+    reasons = {e["path"]: e["reason"] for e in listed}
+    assert reasons.keys() == {
+        f"{folder.name}/{n}" for n in ("broken.JPEG", "loop_a.JPEG", "loop_b.JPEG", "caf\\xe9.JPEG")
+    }
+    assert reasons[f"{folder.name}/broken.JPEG"].startswith("broken symbolic link")
+    assert reasons[f"{folder.name}/loop_a.JPEG"].startswith("symbolic link loop")
+    assert "not UTF-8" in reasons[f"{folder.name}/caf\\xe9.JPEG"]
+    assert load_dataset(str(out), "labels", split="train").num_rows == 8
+
+
 def test_a_failed_read_fails_its_shard_and_a_rerun_finishes_it(reference, scenes, config_file, tmp_path, monkeypatch):
     """Issue 16 item 2: EIO on every try is not a bad image: the shard is not written, the error names the file
     and the shard, and a rerun once the file system is back gives the reference dataset."""

@@ -10,7 +10,9 @@ process holds tens of MB for the listing instead of a million Python objects.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,9 +51,10 @@ class ImageList(Sequence):
 SCAN_CHUNK = 65_536  # records held as Python objects at once while a scan turns them into Arrow columns
 
 
-def _scan(root: Path, layout: str, labels: Path | None) -> pa.Table:
-    """The records of ``root`` as one Arrow table, converted a chunk at a time; refuses a repeated image id."""
-    records, chunks = images.iter_source(root, layout, labels), []
+def _scan(root: Path, layout: str, labels: Path | None, skipped: list[images.SkippedFile]) -> pa.Table:
+    """The records of ``root`` as one Arrow table, converted a chunk at a time; refuses a repeated image id.
+    Entries named like images that cannot be used are appended to ``skipped``."""
+    records, chunks = images.iter_source(root, layout, labels, skipped), []
     while chunk := list(itertools.islice(records, SCAN_CHUNK)):
         columns = [[r.image_id for r in chunk], [r.path for r in chunk], [r.label for r in chunk]]
         chunks.append(pa.record_batch(columns, schema=_SCHEMA))
@@ -70,12 +73,26 @@ def listing_path(work_dir: Path, split: str) -> Path:
     return Path(work_dir) / f"images-{split}.parquet"
 
 
+def skipped_path(work_dir: Path, split: str) -> Path:
+    """The entries the scan of ``split`` could not list (:class:`~multilabel_imagenet.images.SkippedFile`), one
+    JSON line each; ``package`` records them in ``errors.jsonl`` with stage ``list``."""
+    return Path(work_dir) / f"images-{split}.skipped.jsonl"
+
+
+def read_skipped(work_dir: Path, split: str) -> list[dict]:
+    path = skipped_path(work_dir, split)
+    return [json.loads(line) for line in path.open(encoding="utf-8")] if path.is_file() else []
+
+
 def open_listing(work_dir: Path, split: str, root: Path, layout: str = "auto", labels: Path | None = None) -> ImageList:
     """The stored listing of ``split``, or a scan of ``root`` written there first (atomically)."""
     root = Path(root)
     path = listing_path(work_dir, split)
     if not path.is_file():
-        table = _scan(root, layout, labels)
+        skipped: list[images.SkippedFile] = []
+        table = _scan(root, layout, labels, skipped)
+        lines = "".join(json.dumps(asdict(f), sort_keys=True) + "\n" for f in skipped)
+        atomic.write_text(skipped_path(work_dir, split), lines)  # before the listing, whose presence means done
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = atomic.temporary(path)
         # one row group: read back as one chunk, ImageList's combine_chunks needs no copy

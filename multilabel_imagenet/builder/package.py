@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from multilabel_imagenet import atomic, classes, targets
-from multilabel_imagenet.builder import aggregate, labeler, shards
+from multilabel_imagenet.builder import aggregate, labeler, listing, shards
 from multilabel_imagenet.builder.settings import (
     AMBIGUITY_JSON,
     CHECKPOINT,
@@ -81,7 +81,14 @@ class _Split:
         self.num_errors = 0
 
     def _kept(self, record_errors: bool) -> Iterator[tuple[dict, dict]]:
-        """The rows that make a record; with ``record_errors``, every problem is written to errors.jsonl."""
+        """The rows that make a record; with ``record_errors``, every problem is written to errors.jsonl (first the
+        entries the listing could not take, stage ``list``)."""
+        if record_errors:
+            for entry in listing.read_skipped(self.work_dir, self.split):
+                image_id = Path(entry["path"]).stem
+                line = {"split": self.split, "stage": "list", "image_id": image_id, **entry}
+                self.errors.write(shards.dumps(line) + "\n")
+                self.num_errors += 1
         for row, lab, select_error in _shard_rows(self.work_dir, self.split, self.config):
             problems = []
             if "error" in row:
