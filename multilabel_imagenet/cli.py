@@ -206,6 +206,10 @@ def _run_stages(opts: dict, stages: tuple[str, ...]) -> None:
             build.run(stages)
     except (ValueError, FileNotFoundError, images.SourceError, images.ImageReadError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # a full disk (ENOSPC, EDQUOT), a read-only or vanished folder...
+        raise click.ClickException(
+            f"{err}; every complete shard and file is kept whole, so fix this and rerun the same command"
+        ) from None
     if not opts["quiet"]:
         click.echo(build.summary())
     if "package" in stages:

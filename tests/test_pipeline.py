@@ -628,3 +628,38 @@ def test_a_shard_held_by_another_process_and_shard_without_stage_are_refused(sce
     assert f"{lock}: shard 1 of discover is being computed by pid 1 on {socket.gethostname()}" in result.output
     found = shards.StageDir(tmp_path / "dataset-work", "discover", "train", 3)
     assert found.is_complete(0) and not found.is_complete(1) and lock.is_file()
+
+
+@pytest.mark.parametrize("stage", ["discover", "label", "package"])
+def test_a_full_disk_is_one_line_and_the_rerun_is_identical(
+    reference, scenes, config_file, tmp_path, monkeypatch, stage
+):
+    """Issue 16 item 11: ENOSPC while a stage writes gives one line naming the file, no traceback; once there is
+    space again, the same command finishes with the reference's bytes."""
+    import errno
+
+    from multilabel_imagenet import atomic
+
+    real_write, real_replace = shards.StageDir.write, atomic.replace
+
+    def full_shard(self, index, rows, count=None):
+        if self.stage == stage:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(index)))
+        return real_write(self, index, rows, count)
+
+    def full_dataset(tmp, path):
+        if path.suffix == ".parquet":
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        return real_replace(tmp, path)
+
+    if stage == "package":
+        monkeypatch.setattr(atomic, "replace", full_dataset)
+    else:
+        monkeypatch.setattr(shards.StageDir, "write", full_shard)
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "No space left on device" in result.output and "rerun the same command" in result.output
+    monkeypatch.undo()
+    _cli_build(scenes, out, config_file)
+    assert _data_files(out) == _data_files(reference)
