@@ -1,5 +1,6 @@
 """The build end to end on small synthetic scenes: CLI, errors, resume, --shard, Ray, determinism."""
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, replace
@@ -663,3 +664,18 @@ def test_a_full_disk_is_one_line_and_the_rerun_is_identical(
     monkeypatch.undo()
     _cli_build(scenes, out, config_file)
     assert _data_files(out) == _data_files(reference)
+
+
+def test_work_dir_stamp_holds_the_checksum_of_local_weights(scenes, config_file, tmp_path):
+    """Issue 16 item 3: weights changed in place (same path, other bytes) are refused, naming the backbone."""
+    weights = tmp_path / "dino.safetensors"
+    weights.write_bytes(b"first weights")
+    config = replace(settings.BuildConfig.load(config_file), weights={"vit_small_patch16_224.dino": str(weights)})
+    inputs = settings.BuildInputs(scenes / "train", "train", tmp_path / "out", tmp_path / "work", device="cpu")
+    pipeline.Build(inputs, config, progress=False)
+    stamp = json.loads((tmp_path / "work" / "build-train.json").read_text())
+    assert stamp["weights_sha256"] == {"vit_small_patch16_224.dino": hashlib.sha256(b"first weights").hexdigest()}
+    pipeline.Build(inputs, config, progress=False)  # the same bytes: resumes
+    weights.write_bytes(b"other weights")
+    with pytest.raises(ValueError, match=r"weights_sha256\.vit_small_patch16_224\.dino: '[0-9a-f]+\.\.\. there"):
+        pipeline.Build(inputs, config, progress=False)

@@ -9,6 +9,7 @@ counted; a run never stops for them. Settings live in :mod:`.settings`, the devi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
@@ -88,6 +89,7 @@ class Build:
             "first": self.records[0].path,
             "last": self.records[-1].path,
             "proposals_from": None if self.inputs.proposals_from is None else str(self.inputs.proposals_from),
+            "weights_sha256": {name: _weights_digest(Path(path)) for name, path in sorted(self.config.weights.items())},
             "device": self.device.type,
         }
         path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
@@ -476,6 +478,18 @@ class Build:
         if timing:
             lines.append(f"  time per stage: {timing}")
         return "\n".join(lines)
+
+
+def _weights_digest(path: Path) -> str:
+    """SHA-256 of local model weights: a safetensors file, or a folder's files (names and contents, sorted)."""
+    if path.is_file():
+        return writer.file_sha256(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: model weights named in the configuration's 'weights' not found")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{writer.file_sha256(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def stamp_differences(saved: dict, now: dict, prefix: str = "") -> str:
