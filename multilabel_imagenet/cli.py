@@ -567,6 +567,13 @@ def _evaluation_errors() -> tuple[type[Exception], ...]:
 @click.option("--model", help="timm:NAME or a timm model folder, run over --images instead of PREDICTIONS.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="Local weights for timm:NAME.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), help="Image folder.")
+@click.option(
+    "--activation",
+    type=click.Choice(["softmax", "sigmoid", "none"]),
+    default="softmax",
+    show_default=True,
+    help="With --model: on its logits. sigmoid for a model trained with BCE on multi-label targets (`train`).",
+)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--workers", default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
@@ -586,6 +593,7 @@ def evaluate_command(
     model: str | None,
     checkpoint: Path | None,
     images_dir: Path | None,
+    activation: str,
     batch_size: int,
     workers: int,
     device: str | None,
@@ -618,8 +626,9 @@ def evaluate_command(
             net = inference.load_model(model, checkpoint)
             with progress.bar(total=len(paths), unit="img", desc=f"{model} on {bench.name}") as bar:
                 scores = inference.predict(
-                    net, paths, batch_size=batch_size, num_workers=workers, device=device, progress=bar.update
-                )
+                    net, paths, batch_size=batch_size, num_workers=workers, device=device, activation=activation,
+                    progress=bar.update,
+                )  # fmt: skip
             if save_scores is not None:
                 np.save(save_scores, scores)
             results = {bench.name: evaluate(scores, bench, **options)}

@@ -208,6 +208,15 @@ def test_evaluate_runs_a_local_timm_model_over_an_image_folder(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(saved), expected, atol=1e-5)
+    result = run(
+        "evaluate", "--model", tmp_path / "model", "--images", tmp_path / "v2", "-b", "inv2-ml", "--labels", refined,
+        "--workers", 0, "--activation", "sigmoid", "--save-scores", saved,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output  # a BCE model's probabilities: sigmoid of the same logits
+    sig = np.load(saved).astype(np.float64)
+    shift = np.log(sig / (1 - sig)) - np.log(expected)  # logits, less (log softmax =) logits - a row constant
+    assert (sig > 0).all() and (sig < 1).all() and not np.allclose(sig.sum(1), 1)
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], shift.shape[1], axis=1), atol=1e-3)
 
     (tmp_path / "v2" / "7" / names[1]).write_bytes(b"not an image")  # decoded in a worker process
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tmp_path / "model"), "--images",
