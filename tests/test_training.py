@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -273,3 +274,21 @@ def test_train_refuses_what_it_cannot_do(mini, tmp_path):
     assert not (tmp_path / "d").exists()
     result = CliRunner().invoke(main, [*args[:7], "--smoothing", "0.9,0.1"])
     assert result.exit_code == 1 and "0 <= min < max <= 1" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16 autocast, the GPU path)")
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_train_runs_on_cuda_and_resumes_to_the_same_weights(mini, tmp_path, amp):
+    """The GPU path of `train` (issue 17): two epochs on CUDA, in float32, bf16 and fp16 (gradient scaler), finish
+    with finite losses; stopped after epoch 1 and resumed, they reach the uninterrupted run's weights."""
+    root, folder = mini
+    whole = train(_config(mini, tmp_path / "whole", device="cuda", amp=amp), echo=None)
+    assert whole.epochs_done == 2
+    parts = _config(mini, tmp_path / "parts", device="cuda", amp=amp)
+    train(replace(parts, stop_after_epoch=1), echo=None)
+    train(parts, resume=True, echo=None)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in log if "step" in r)
+    a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
