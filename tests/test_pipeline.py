@@ -679,3 +679,16 @@ def test_work_dir_stamp_holds_the_checksum_of_local_weights(scenes, config_file,
     weights.write_bytes(b"other weights")
     with pytest.raises(ValueError, match=r"weights_sha256\.vit_small_patch16_224\.dino: '[0-9a-f]+\.\.\. there"):
         pipeline.Build(inputs, config, progress=False)
+
+
+def test_speed_only_settings_leave_build_json_card_and_fingerprint_alone(reference, config_file, tmp_path):
+    """Issue 16 item 11: num_workers, cpu_threads and crf_workers change how fast, not what: packaging with other
+    values writes the same build.json (fingerprints included), card and data."""
+    work = reference.with_name(reference.name + "-work")
+    config = settings.BuildConfig.load(config_file)
+    fast = replace(config, num_workers=config.num_workers + 3, cpu_threads=7, crf_workers=5)
+    a = package.package(work, tmp_path / "a", config)
+    b = package.package(work, tmp_path / "b", fast)
+    for name in ("metadata/build.json", "README.md"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert _data_files(a) == _data_files(b)
