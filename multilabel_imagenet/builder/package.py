@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from multilabel_imagenet import atomic, classes, targets
-from multilabel_imagenet.builder import aggregate, labeler, listing, shards
+from multilabel_imagenet.builder import aggregate, labeler, listing, shards, stamp
 from multilabel_imagenet.builder.settings import (
     AMBIGUITY_JSON,
     CHECKPOINT,
@@ -32,30 +32,18 @@ from multilabel_imagenet.dataset import schema, writer
 ERRORS_JSONL = "metadata/errors.jsonl"
 
 
-def split_stamp(work_dir: Path, split: str) -> dict:
-    """The work directory's stamp of ``split``: what built it (configuration, images, device type)."""
-    stamp_path = work_dir / f"build-{split}.json"
-    try:
-        return json.loads(stamp_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(
-            f"{stamp_path}: torn or corrupt work-directory stamp ({err}); delete the work directory to start over, "
-            f"or restore the file"
-        ) from None
-
-
 def split_stage(work_dir: Path, stage: str, split: str, config: BuildConfig) -> shards.StageDir:
     """The result files of ``stage`` for a split built in ``work_dir`` (its shard count from the split's stamp)."""
-    images = split_stamp(work_dir, split)["images"]
+    images = stamp.read_stamp(work_dir, split)["images"]
     return shards.StageDir(work_dir, stage, split, math.ceil(images / config.shard_size))
 
 
 def _split_parameters(work_dir: Path, split: str, parameters: dict) -> dict:
     """What built ``split``: its image count, device type, and each setting of its stamp that differs from
     ``parameters`` (the package's configuration), so a release says how each split was made."""
-    stamp = split_stamp(work_dir, split)
-    differ = {k: v for k, v in stamp["config"].items() if parameters.get(k) != v}
-    return {"images": stamp["images"], "device": stamp.get("device")} | ({"config": differ} if differ else {})
+    saved = stamp.read_stamp(work_dir, split)
+    differ = {k: v for k, v in saved["config"].items() if parameters.get(k) != v}
+    return {"images": saved["images"], "device": saved.get("device")} | ({"config": differ} if differ else {})
 
 
 def _shard_rows(work_dir: Path, split: str, config: BuildConfig) -> Iterator[tuple[dict, dict | None, str | None]]:
@@ -154,7 +142,7 @@ def package(work_dir: str | Path, output: str | Path, config: BuildConfig) -> Pa
     """Write every split built in ``work_dir`` (discover + label complete) as the dataset folder ``output``,
     with ``metadata/errors.jsonl`` listing every image left out or without proposals, and why."""
     work_dir, output = Path(work_dir), Path(output)
-    split_names = [s for s in SPLITS if (work_dir / f"build-{s}.json").is_file()]
+    split_names = [s for s in SPLITS if stamp.stamp_path(work_dir, s).is_file()]
     if not split_names:
         raise FileNotFoundError(f"{work_dir}: no build found (run discover and label first)")
     errors_path = output / ERRORS_JSONL

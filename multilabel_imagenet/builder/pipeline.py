@@ -9,7 +9,6 @@ counted; a run never stops for them. Settings live in :mod:`.settings`, the devi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing
@@ -34,9 +33,10 @@ from multilabel_imagenet.builder import (
     maskcut,
     relabel_maps,
     shards,
+    stamp,
 )
 from multilabel_imagenet.builder.loaders import discover_records, label_records, labeler_features
-from multilabel_imagenet.builder.package import ERRORS_JSONL, package, split_stamp
+from multilabel_imagenet.builder.package import ERRORS_JSONL, package
 from multilabel_imagenet.builder.settings import (
     CHECKPOINT,
     LABELER_ERRORS,
@@ -82,39 +82,24 @@ class Build:
         mismatch of the first two stops here; the device type is checked when a stage first runs a model
         (:meth:`_check_device`), so ``select`` and ``package`` may run elsewhere, e.g. on a CPU node after a GPU
         build. Either message names what differs."""
-        stamp = {
+        stamp_now = {
             "config": {k: v for k, v in asdict(self.config).items() if k not in RUNTIME_SETTINGS},
             "maskcut_configs": [c.to_dict() for c in self.config.maskcut_configs()],
             "images": len(self.records),
             "first": self.records[0].path,
             "last": self.records[-1].path,
             "proposals_from": None if self.inputs.proposals_from is None else str(self.inputs.proposals_from),
-            "weights_sha256": {name: _weights_digest(Path(path)) for name, path in sorted(self.config.weights.items())},
+            "weights_sha256": {name: stamp.weights_digest(Path(p)) for name, p in sorted(self.config.weights.items())},
             "device": self.device.type,
         }
-        path = self.inputs.work_dir / f"build-{self.inputs.split}.json"
-        if path.is_file():
-            saved = split_stamp(self.inputs.work_dir, self.inputs.split)
-            self._stamped_device = saved.get("device")
-            differ = stamp_differences(
-                {k: v for k, v in saved.items() if k != "device"}, {k: v for k, v in stamp.items() if k != "device"}
-            )
-            if differ:
-                raise ValueError(
-                    f"{path}: the work directory holds a build with other settings or images ({differ}); use a new "
-                    f"--work-dir, or delete it to start over"
-                )
-        else:
-            self._stamped_device = stamp["device"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(path, json.dumps(stamp, indent=1, sort_keys=True))  # a kill leaves no torn stamp
+        self._stamped_device = stamp.check_or_write(self.inputs.work_dir, self.inputs.split, stamp_now)
 
     def _check_device(self) -> None:
         """Refuse to run a model on another device type than the work directory's build (results differ)."""
         if self._stamped_device != self.device.type:
             there = self._stamped_device or "an unrecorded device type"
             raise ValueError(
-                f"{self.inputs.work_dir / f'build-{self.inputs.split}.json'}: the work directory's build ran its "
+                f"{stamp.stamp_path(self.inputs.work_dir, self.inputs.split)}: the work directory's build ran its "
                 f"models on {there}, this process on {self.device.type}; results differ by device type, so use "
                 f"--device {self._stamped_device or '...'}, a new --work-dir, or delete it to start over"
             )
@@ -478,40 +463,6 @@ class Build:
         if timing:
             lines.append(f"  time per stage: {timing}")
         return "\n".join(lines)
-
-
-def _weights_digest(path: Path) -> str:
-    """SHA-256 of local model weights: a safetensors file, or a folder's files (names and contents, sorted)."""
-    if path.is_file():
-        return writer.file_sha256(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model weights named in the configuration's 'weights' not found")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{writer.file_sha256(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def stamp_differences(saved: dict, now: dict, prefix: str = "") -> str:
-    """What differs between a saved work-directory stamp and this build's, one clause per setting
-    (``config.precision: 'bf16' there, 'fp32' now``; nested settings by dotted name); "" when they agree."""
-
-    def shown(value: object) -> str:
-        text = "absent" if value is _ABSENT else repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, _ABSENT), now.get(key, _ABSENT)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = stamp_differences(a, b, f"{prefix}{key}.")
-            out += [inner] if inner else []
-        elif a != b:
-            out.append(f"{prefix}{key}: {shown(a)} there, {shown(b)} now")
-    return "; ".join(out)
-
-
-_ABSENT = object()
 
 
 class _LabelerErrors:
