@@ -390,3 +390,34 @@ def test_label_image_pools_logits_when_asked():
     whole = torch.softmax(per_patch.mean(0), 0)
     np.testing.assert_allclose(out.mask_scores[0], region.topk(3).values.detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(out.global_scores, whole.topk(3).values.detach().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_online_training_stops_on_a_failed_read_instead_of_recording_it(tmp_path, monkeypatch, workers):
+    """Issue 16 item 2: EIO on every try is not a bad image: training stops with ImageReadError naming the file
+    (handed back from a DataLoader worker as a value), nothing goes to on_error."""
+    import errno
+
+    from PIL import Image
+
+    from multilabel_imagenet import images
+
+    samples, _ = _online_samples(tmp_path, n=4)
+    victim = labeler_online.OnlineSamples(samples, 32).row(2)["path"]
+    real = Image.open
+
+    def failing(fp, *args, **kwargs):
+        if str(fp) == str(victim):
+            raise OSError(errno.EIO, "Input/output error", str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", failing)
+    monkeypatch.setattr(images, "RETRY_SECONDS", 0.0)
+    failures = []
+    config = LabelerConfig(input_size=32, epochs=1, warmup_epochs=0, batch_size=4, hidden=16)
+    with pytest.raises(images.ImageReadError, match=rf"{victim}: read failed 3 times \(EIO"):
+        labeler_online.train_online(
+            samples, _conv_extractor(), config, num_classes=2, num_workers=workers, progress=False,
+            on_error=lambda row, reason: failures.append(reason),
+        )  # fmt: skip
+    assert failures == []
