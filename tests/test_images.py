@@ -1,10 +1,10 @@
 import errno
 import json
-import os
 import pickle
 
 import numpy as np
 import pytest
+from fault_support import fail_reads
 from PIL import Image
 
 from multilabel_imagenet import classes, images
@@ -223,31 +223,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         images.decode_image(path)
 
 
-def _failing_open(monkeypatch, path, code: int, times: int) -> list:
-    """Make ``Image.open(path)`` fail with ``OSError(code)`` its first ``times`` calls; returns the call log."""
-    real, calls = Image.open, []
-
-    def flaky(fp, *args, **kwargs):
-        if str(fp) == str(path):
-            calls.append(code)
-            if len(calls) <= times:
-                raise OSError(code, os.strerror(code), str(fp))
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", flaky)
-    monkeypatch.setattr(images, "RETRY_SECONDS", 0.0)
-    return calls
-
-
 @pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE, errno.EMFILE, errno.EACCES])
 def test_a_failed_read_is_tried_again_not_taken_for_a_bad_image(tmp_path, monkeypatch, code):
     """Issue 16 item 2: an OSError of the file system is transient; it is retried and, if it persists, raised as
     ImageReadError (not ImageDecodeError, which a build records as a bad image for good)."""
     path = _save(_rgb(), tmp_path / "a.JPEG", format="JPEG")
-    calls = _failing_open(monkeypatch, path, code, images.READ_TRIES - 1)
+    calls = fail_reads(monkeypatch, path, code, images.READ_TRIES - 1)
     assert images.decode_image(path).size == (32, 24) and len(calls) == images.READ_TRIES
     calls.clear()
-    _failing_open(monkeypatch, path, code, images.READ_TRIES)
+    fail_reads(monkeypatch, path, code, images.READ_TRIES)
     with pytest.raises(images.ImageReadError) as info:
         images.decode_image(path)
     assert not isinstance(info.value, ImageDecodeError) and info.value.path == str(path)
@@ -259,7 +243,7 @@ def test_a_failed_read_is_tried_again_not_taken_for_a_bad_image(tmp_path, monkey
 def test_an_oserror_of_the_bytes_is_permanent(tmp_path, monkeypatch):
     path = _save(_rgb(), tmp_path / "a.JPEG", format="JPEG")
     path.write_bytes(path.read_bytes()[:300])  # PIL: OSError without errno ("image file is truncated")
-    calls = _failing_open(monkeypatch, path, errno.ENOTDIR, 1)  # not a transient errno: no second try
+    calls = fail_reads(monkeypatch, path, errno.ENOTDIR, 1)  # not a transient errno: no second try
     with pytest.raises(ImageDecodeError):
         images.decode_image(path)
     assert len(calls) == 1

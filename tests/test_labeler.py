@@ -396,23 +396,13 @@ def test_label_image_pools_logits_when_asked():
 def test_online_training_stops_on_a_failed_read_instead_of_recording_it(tmp_path, monkeypatch, workers):
     """Issue 16 item 2: EIO on every try is not a bad image: training stops with ImageReadError naming the file
     (handed back from a DataLoader worker as a value), nothing goes to on_error."""
-    import errno
-
-    from PIL import Image
+    from fault_support import fail_reads
 
     from multilabel_imagenet import images
 
     samples, _ = _online_samples(tmp_path, n=4)
     victim = labeler_online.OnlineSamples(samples, 32).row(2)["path"]
-    real = Image.open
-
-    def failing(fp, *args, **kwargs):
-        if str(fp) == str(victim):
-            raise OSError(errno.EIO, "Input/output error", str(fp))
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", failing)
-    monkeypatch.setattr(images, "RETRY_SECONDS", 0.0)
+    fail_reads(monkeypatch, victim)
     failures = []
     config = LabelerConfig(input_size=32, epochs=1, warmup_epochs=0, batch_size=4, hidden=16)
     with pytest.raises(images.ImageReadError, match=rf"{victim}: read failed 3 times \(EIO"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from datasets import load_dataset
+from fault_support import fail_reads
 from pycocotools import mask as mask_utils
 
 from multilabel_imagenet import classes
@@ -529,22 +530,8 @@ def test_entries_the_scan_cannot_list_are_recorded_not_lost(scenes, config_file,
 def test_a_failed_read_fails_its_shard_and_a_rerun_finishes_it(reference, scenes, config_file, tmp_path, monkeypatch):
     """Issue 16 item 2: EIO on every try is not a bad image: the shard is not written, the error names the file
     and the shard, and a rerun once the file system is back gives the reference dataset."""
-    import errno
-
-    from PIL import Image
-
-    from multilabel_imagenet import images
-
     victim = sorted((scenes / "train").rglob("*.JPEG"))[4]  # shard 1 (shard_size 3)
-    real = Image.open
-
-    def failing(fp, *args, **kwargs):
-        if str(fp) == str(victim):
-            raise OSError(errno.EIO, "Input/output error", str(fp))
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", failing)
-    monkeypatch.setattr(images, "RETRY_SECONDS", 0.0)
+    fail_reads(monkeypatch, victim)
     out = tmp_path / "dataset"
     result = CliRunner().invoke(main, ["build", *_train_args(scenes, out, config_file)])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -552,7 +539,7 @@ def test_a_failed_read_fails_its_shard_and_a_rerun_finishes_it(reference, scenes
     assert "shard 1 of discover was not written, rerun the build to try again" in result.output
     found = shards.StageDir(tmp_path / "dataset-work", "discover", "train", 3)
     assert found.is_complete(0) and not found.is_complete(1)
-    monkeypatch.setattr(Image, "open", real)
+    monkeypatch.undo()
     _cli_build(scenes, out, config_file)
     assert _data_files(out) == _data_files(reference)
 
