@@ -237,6 +237,40 @@ def test_random_resized_crop_box_stays_inside():
         assert x >= 0 and y >= 0 and x + w <= 120 and y + h <= 80 and w * h >= 0.2 * 120 * 80 - 200
 
 
+def test_random_resized_crop_boxes_follow_torchvisions_rule():
+    from torchvision.transforms import RandomResizedCrop
+
+    crop = crops.RandomResizedCropWithBox(224)
+    torch.manual_seed(0)
+    ours = np.array([crop.sample_box(500, 375) for _ in range(4000)], dtype=np.float64)
+    image = torch.zeros(3, 375, 500)
+    drawn = [RandomResizedCrop.get_params(image, crop.scale, crop.ratio) for _ in range(4000)]
+    theirs = np.array([(j, i, w, h) for i, j, h, w in drawn], dtype=np.float64)
+    for name, a, b in [
+        ("x", ours[:, 0], theirs[:, 0]),
+        ("area", ours[:, 2] * ours[:, 3], theirs[:, 2] * theirs[:, 3]),
+        ("aspect", np.log(ours[:, 2] / ours[:, 3]), np.log(theirs[:, 2] / theirs[:, 3])),
+    ]:
+        standard_error = np.sqrt((a.var() + b.var()) / len(a))
+        assert abs(a.mean() - b.mean()) < 4 * standard_error, name
+    for width, height in [(1000, 10), (10, 1000)]:  # no try fits: the central crop at the nearest allowed ratio
+        i, j, h, w = RandomResizedCrop.get_params(torch.zeros(3, height, width), crop.scale, crop.ratio)
+        assert crop.sample_box(width, height) == (j, i, w, h)
+
+
+def test_box_counts_are_the_rle_frpyobjects_gives():
+    rng = np.random.default_rng(3)
+    for height, width in [(375, 500), (500, 333), (1, 1), (2, 3), (3, 1), (1, 5), (2448, 3264)]:
+        boxes = [(0, 0, width, height), (width - 1, height - 1, 1, 1), (0, 0, 1, 1), (0, height - 1, width, 1)]
+        boxes += [(width - 1, 0, 1, height), (0, 0, width, 1)]
+        for _ in range(100):
+            w, h = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+            boxes.append((int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h))
+        for box in boxes:
+            expected = mask_utils.frPyObjects(np.array([box], dtype=np.float64), height, width)[0]["counts"]
+            assert crops.box_counts(box, height, width) == expected, (box, height, width)
+
+
 def test_streaming_training_dataset_matches_map_style(mini, train, tmp_path):
     # Two shards so that two DataLoader workers each read one.
     policy = writer.ShardPolicy(min_rows_per_shard=4)

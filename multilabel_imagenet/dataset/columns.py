@@ -126,13 +126,12 @@ class LabelRows:
 
 
 def _check_masks(masks: Mapping[str, Any], m0: int, m1: int, width: int, height: int, image_id: str) -> None:
-    bad = np.flatnonzero((masks["size"][m0:m1] != (height, width)).any(axis=1))
-    if len(bad):
-        j = int(bad[0])
-        raise MaskSizeError(
-            f"image {image_id!r}: mask {j} ({_text(masks['source'], m0 + j)}) has RLE size [h, w] = "
-            f"{masks['size'][m0 + j].tolist()} but the image is {height}x{width} (height x width)"
-        )
+    for j, size in enumerate(masks["size"][m0:m1].tolist()):
+        if size != [height, width]:
+            raise MaskSizeError(
+                f"image {image_id!r}: mask {j} ({_text(masks['source'], m0 + j)}) has RLE size [h, w] = "
+                f"{size} but the image is {height}x{width} (height x width)"
+            )
 
 
 class _IdIndex:

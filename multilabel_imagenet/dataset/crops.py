@@ -4,6 +4,9 @@
 - :func:`crop_fractions` and :func:`crop_local` give the fraction of each mask inside a box by intersecting its
   compressed RLE with the box's (pycocotools; masks whose bbox is inside or outside the box need no RLE work).
   :func:`crop_local` also gives the crop-aware Local-Soft in sparse form (each mask's scores times its fraction).
+
+The box's RLE is written directly (:func:`box_counts`, the string ``frPyObjects`` gives, which cost more than the
+intersections), so an item costs one pycocotools merge and area per straddling mask.
 """
 
 from __future__ import annotations
@@ -32,18 +35,17 @@ class RandomResizedCropWithBox:
         self.scale, self.ratio, self.interpolation = scale, ratio, interpolation
 
     def sample_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """A crop box for an image of ``width`` x ``height``: 10 tries at a random area and aspect ratio, then the
-        central crop at the nearest allowed ratio (torch's RNG, so DataLoader workers are seeded as usual)."""
+        """A crop box for an image of ``width`` x ``height``: 10 tries at a uniform random area fraction in
+        ``scale``, log-uniform aspect ratio in ``ratio`` and uniform position, then the central crop at the nearest
+        allowed ratio (torchvision's rule). The draws come from torch's RNG in one call, so DataLoader workers are
+        seeded as usual."""
         area = width * height
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        (s0, s1), (r0, r1) = self.scale, (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for u_area, u_ratio, u_x, u_y in torch.rand(10, 4, dtype=torch.float64).tolist():
+            target, aspect = area * (s0 + (s1 - s0) * u_area), math.exp(r0 + (r1 - r0) * u_ratio)
             w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
             if 0 < w <= width and 0 < h <= height:
-                x = int(torch.randint(0, width - w + 1, size=(1,)).item())
-                y = int(torch.randint(0, height - h + 1, size=(1,)).item())
-                return x, y, w, h
+                return int(u_x * (width - w + 1)), int(u_y * (height - h + 1)), w, h
         aspect = width / height
         if aspect < min(self.ratio):
             w, h = width, round(width / min(self.ratio))
@@ -58,30 +60,62 @@ class RandomResizedCropWithBox:
         return image.resize(self.size[::-1], self.interpolation, box=(x, y, x + w, y + h)), box
 
 
+def _number(value: int) -> str:
+    """One run-length delta in COCO's compressed RLE text: 5 bits a character from the lowest, 0x20 = more
+    follow, the last character's 0x10 the sign, each character offset by 48."""
+    out = []
+    while True:
+        c, value = value & 0x1F, value >> 5
+        more = value != -1 if c & 0x10 else value != 0
+        out.append(chr(c + 48 + (0x20 if more else 0)))
+        if not more:
+            return "".join(out)
+
+
+def box_counts(box: tuple[int, int, int, int], height: int, width: int) -> bytes:
+    """The compressed COCO RLE of the integer box ``(x, y, w, h)`` inside a ``height`` x ``width`` image, the
+    bytes ``pycocotools.mask.frPyObjects`` gives. Column-major runs: zeros up to the box's first pixel, then per
+    column ``h`` ones and ``height - h`` zeros, then the rest; after the first three runs COCO stores each run
+    minus the one two before it, so the repeated columns are ``"0"`` each. A trailing empty run is left out."""
+    x, y, w, h = box
+    if h == height:  # whole columns: one run of ones
+        runs = [x * height, w * height] + ([(width - x - w) * height] if x + w < width else [])
+        return "".join(map(_number, runs)).encode("ascii")
+    rest = height * width - x * height - y - (w - 1) * height - h
+    if w == 1:
+        text = _number(x * height + y) + _number(h) + (_number(rest) if rest else "")
+    else:
+        last = _number(rest - (height - h)) if rest else ""
+        text = _number(x * height + y) + _number(h) + _number(height - h) + "0" * (2 * w - 3) + last
+    return text.encode("ascii")
+
+
 def _fractions(
-    bbox: np.ndarray,
-    area: np.ndarray,
-    sizes: np.ndarray,
+    bbox: list,
+    area: list,
+    sizes: list,
     counts: Callable[[int], bytes],
     box: tuple[int, int, int, int],
 ) -> np.ndarray:
-    """Fraction of each mask inside ``box``, float32 [M]. A mask whose bbox straddles the box has its compressed
-    RLE (``counts(i)``) intersected with the box's RLE (pycocotools, one box RLE per mask size)."""
+    """Fraction of each mask inside ``box``, float32 [M], from the masks' bboxes, areas and [h, w] sizes (Python
+    lists). A mask whose bbox straddles the box has its compressed RLE (``counts(i)``) intersected with the box's
+    (pycocotools); the others are 0 or 1 at once."""
     x, y, w, h = box
-    out = np.zeros(len(area), dtype=np.float32)
+    x1, y1 = x + w, y + h
+    out = [0.0] * len(area)
     crops: dict[tuple[int, int], dict] = {}
-    for i, ((bx, by, bw, bh), a) in enumerate(zip(np.asarray(bbox).tolist(), np.asarray(area).tolist(), strict=True)):
-        if a <= 0 or bx >= x + w or by >= y + h or bx + bw <= x or by + bh <= y:
+    for i, ((bx, by, bw, bh), a, size) in enumerate(zip(bbox, area, sizes, strict=True)):
+        if a <= 0 or bx >= x1 or by >= y1 or bx + bw <= x or by + bh <= y:
             continue
-        if bx >= x and by >= y and bx + bw <= x + w and by + bh <= y + h:
+        if bx >= x and by >= y and bx + bw <= x1 and by + bh <= y1:
             out[i] = 1.0
             continue
-        height, width = size = (int(sizes[i][0]), int(sizes[i][1]))
-        if size not in crops:
-            crops[size] = mask_utils.frPyObjects(np.array([box], dtype=np.float64), height, width)[0]
-        rle = {"size": [height, width], "counts": counts(i)}
-        out[i] = float(mask_utils.area(mask_utils.merge([rle, crops[size]], intersect=True))) / a
-    return out
+        crop = crops.get(key := (int(size[0]), int(size[1])))
+        if crop is None:
+            crop = crops[key] = {"size": list(key), "counts": box_counts(box, *key)}
+        rle = {"size": crop["size"], "counts": counts(i)}
+        out[i] = float(mask_utils.area(mask_utils.merge([rle, crop], intersect=True))) / a
+    return np.array(out, dtype=np.float32)
 
 
 def crop_fractions(masks: Sequence[Mapping[str, Any]], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -90,9 +124,9 @@ def crop_fractions(masks: Sequence[Mapping[str, Any]], box: tuple[int, int, int,
     Masks whose bbox lies inside or outside the box need no RLE work; the others are intersected with the box
     as compressed RLEs (pycocotools), never decoded to pixels."""
     return _fractions(
-        np.array([m["bbox"] for m in masks], dtype=np.float64).reshape(-1, 4),
-        np.array([m["area"] for m in masks], dtype=np.int64),
-        np.array([m["size"] for m in masks], dtype=np.int64).reshape(-1, 2),
+        [m["bbox"] for m in masks],
+        [m["area"] for m in masks],
+        [m["size"] for m in masks],
         lambda i: masks[i]["counts"].encode("ascii"),
         box,
     )
@@ -108,14 +142,14 @@ def crop_local(masks: Mapping[str, Any], m0: int, m1: int, box: tuple[int, int, 
     classes possibly repeated (the dense scatter takes the max)."""
     counts_offsets, counts = masks["counts"]
     fractions = _fractions(
-        masks["bbox"][m0:m1],
-        masks["area"][m0:m1],
-        masks["size"][m0:m1],
+        masks["bbox"][m0:m1].tolist(),
+        masks["area"][m0:m1].tolist(),
+        masks["size"][m0:m1].tolist(),
         lambda i: counts[counts_offsets[m0 + i] : counts_offsets[m0 + i + 1]].tobytes(),
         box,
     )
     class_offsets, cls = masks["classes"]
     score_offsets, scores = masks["scores"]
-    lengths = np.diff(class_offsets[m0 : m1 + 1])
+    lengths = class_offsets[m0 + 1 : m1 + 1] - class_offsets[m0:m1]
     scores = scores[score_offsets[m0] : score_offsets[m1]]
     return cls[class_offsets[m0] : class_offsets[m1]], _weighted(fractions, lengths, scores)
