@@ -7,7 +7,7 @@ softmax-like classes per mask and for the whole image), the stamps ``build-<spli
 itself), a TSV in the authors' format and a CutLER-style COCO JSON, all streamed. It then measures, each in a
 fresh child process (wall time; peak RSS of that process alone): ``build package``, ``import tsv`` and
 ``import cutler`` through the CLI; ``load()`` + ``TrainingDataset`` opening, plain and crop-aware (the first open
-builds datasets' cache; ``open_crop_warm`` is what every later process pays); microseconds
+builds datasets' cache; ``open_crop_warm`` is what every later process pays); microseconds and page faults
 per item of every target scheme on one core through ``DataLoader(collate_fn=collate)``; the RSS and PSS of
 DataLoader workers over an epoch. ``scale.json`` beside this file gets the figures per size, their growth from
 one size to the next and the Parquet layout written (file and row-group sizes, shard counts).
@@ -254,20 +254,28 @@ def child_open(folder: str, cache: str, crop: bool) -> dict:
 
 
 def child_targets(folder: str, cache: str, items: int, batch: int) -> dict:
-    """Microseconds per item of every scheme (and crop-aware ``local_soft+original``) on one core."""
+    """Microseconds per item of every scheme (and crop-aware ``local_soft+original``) on one core, with the page
+    faults per item of each timed loop (major ones read the memory-mapped Arrow cache from disk)."""
+    import resource
+
     import torch
 
     torch.set_num_threads(1)
     labels, proposals, _ = _load(folder, cache, crop=True)
-    out = {}
+    out, faults = {}, {}
     for scheme, crop in [(s, None) for s in SCHEMES] + [(SCHEMES[2], proposals)]:
         loader, n = _loader(_dataset(folder, labels, crop, scheme)[0], items, batch, 0), 0
         next(iter(loader))  # warm-up
-        start = time.perf_counter()
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for batch_out in loader:
             n += len(batch_out["target"])
-        out[scheme + ("+crop" if crop is not None else "")] = round(1e6 * (time.perf_counter() - start) / n, 1)
-    return {"items": n, "us_per_item": out}
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        name = scheme + ("+crop" if crop is not None else "")
+        out[name] = round(1e6 * seconds / n, 1)
+        faults[name] = {
+            k: round((getattr(after, f"ru_{k}") - getattr(before, f"ru_{k}")) / n, 2) for k in ("minflt", "majflt")
+        }
+    return {"items": n, "us_per_item": out, "page_faults_per_item": faults}
 
 
 def _memory(pid: int) -> tuple[float, float, float]:
