@@ -872,6 +872,7 @@ def _smoothing(value: str) -> tuple[float, float] | None:
 @click.option("--workers", default=8, show_default=True, help="DataLoader worker processes per process.")
 @click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
+@click.option("--deterministic", is_flag=True, help="Deterministic CUDA kernels (slower; resume: same weights).")
 @click.option("--log-every", default=50, show_default=True, help="Log loss and lr every N steps.")
 @click.option("--stop-after-epoch", type=int, help="End after this epoch (schedule of --epochs kept); --resume later.")
 @click.option("--eval", "eval_names", multiple=True, help="Benchmark to score at the end (repeatable), e.g. real.")
@@ -941,6 +942,7 @@ def train_command(**opts) -> None:
             workers=opts["workers"],
             device=opts["device"],
             amp=opts["amp"],
+            deterministic=opts["deterministic"],
             log_every=opts["log_every"],
             stop_after_epoch=opts["stop_after_epoch"],
             eval_batch_size=opts["eval_batch_size"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from multilabel_imagenet.training import (
     SoftMixUpCutMix,
     build_loader,
     build_optimizer,
+    loop,
     lr_scheduler,
     param_groups,
     smooth_targets,
@@ -276,15 +278,27 @@ def test_train_refuses_what_it_cannot_do(mini, tmp_path):
     assert result.exit_code == 1 and "0 <= min < max <= 1" in result.output
 
 
+def test_deterministic_kernels_hold_for_the_run_only(mini, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    seen = []
+    with patch.object(loop, "_train", lambda *args: seen.append(torch.are_deterministic_algorithms_enabled())):
+        train(_config(mini, tmp_path / "run", deterministic=True), echo=None)
+        train(_config(mini, tmp_path / "run2"), echo=None)
+    assert seen == [True, before[0]]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16 autocast, the GPU path)")
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
 def test_train_runs_on_cuda_and_resumes_to_the_same_weights(mini, tmp_path, amp):
     """The GPU path of `train` (issue 17): two epochs on CUDA, in float32, bf16 and fp16 (gradient scaler), finish
-    with finite losses; stopped after epoch 1 and resumed, they reach the uninterrupted run's weights."""
+    with finite losses; stopped after epoch 1 and resumed with deterministic kernels, they reach the uninterrupted
+    run's weights."""
     root, folder = mini
-    whole = train(_config(mini, tmp_path / "whole", device="cuda", amp=amp), echo=None)
+    whole = train(_config(mini, tmp_path / "whole", device="cuda", amp=amp, deterministic=True), echo=None)
     assert whole.epochs_done == 2
-    parts = _config(mini, tmp_path / "parts", device="cuda", amp=amp)
+    parts = _config(mini, tmp_path / "parts", device="cuda", amp=amp, deterministic=True)
     train(replace(parts, stop_after_epoch=1), echo=None)
     train(parts, resume=True, echo=None)
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]

@@ -8,18 +8,20 @@ One run writes into its output folder::
     eval.json                the ``evaluate`` report of the benchmarks named, when any
 
 Resuming (``resume=True``) continues from ``checkpoint.safetensors`` and gives the weights an uninterrupted run
-gives (on CPU; CUDA kernels need not be deterministic): every epoch's shuffle and worker seeds depend on
-``(seed, epoch, rank)`` alone (:class:`.data.TrainLoader`), and the generators of the main process are saved.
+gives (on CPU; on CUDA with ``deterministic``, as its kernels otherwise need not be): every epoch's shuffle and
+worker seeds depend on ``(seed, epoch, rank)`` alone (:class:`.data.TrainLoader`), and the generators of the main
+process are saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,10 @@ class TrainConfig:
     the target (:mod:`multilabel_imagenet.targets`; ``one_hot`` is the single-label baseline), ``crop_aware`` the
     target that follows the crop, ``ambiguity`` a calibrated :class:`~multilabel_imagenet.targets.Ambiguity` JSON
     for ``+prior``/``+pairs``. ``amp``: ``auto`` (bf16 on CUDA, off on CPU), ``bf16``, ``fp16`` (with a gradient
-    scaler) or ``off``. ``stop_after_epoch`` ends the run early (e.g. a job's time limit) with the schedule of
-    ``recipe.epochs`` kept; resume it later."""
+    scaler) or ``off``. ``deterministic`` asks torch for deterministic kernels (cuDNN's deterministic algorithms,
+    cuBLAS' fixed workspace; an op without one warns): slower on CUDA, but a resumed CUDA run then gives the
+    uninterrupted run's weights. ``stop_after_epoch`` ends the run early (e.g. a job's time limit) with the schedule
+    of ``recipe.epochs`` kept; resume it later."""
 
     dataset: str
     images: str | None
@@ -87,6 +91,7 @@ class TrainConfig:
     workers: int = 8
     device: str = "auto"
     amp: str = "auto"
+    deterministic: bool = False
     log_every: int = 50
     stop_after_epoch: int | None = None
     eval_batch_size: int = 256
@@ -171,6 +176,26 @@ def _amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     if mode != "off" and device.type != "cuda":
         raise TrainingError(f"--amp {mode} needs a CUDA device; this run is on {device}")
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+@contextlib.contextmanager
+def _kernels(deterministic: bool) -> Iterator[None]:
+    """With ``deterministic``: torch's deterministic algorithms (warning on ops that have none), cuDNN without
+    autotuning and cuBLAS' fixed workspace (read when cuBLAS starts, so set before any CUDA work), for the run
+    only; torch's previous settings come back afterwards."""
+    if not deterministic:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
 def _seed_everything(seed: int) -> None:
@@ -283,6 +308,16 @@ def train(
     """Run ``config``; with ``resume``, continue from the output's checkpoint when there is one. ``benchmarks``
     (from :func:`.evaluate.prepare_benchmarks`, or ``{name: (Benchmark, image paths)}``) are scored after the last
     epoch into ``eval.json``. ``echo`` prints progress lines (None: quiet)."""
+    with _kernels(config.deterministic):
+        return _train(config, resume, benchmarks, echo)
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    benchmarks: Mapping[str, tuple[Any, Sequence[Path]]] | None,
+    echo: Callable[[str], object] | None,
+) -> TrainResult:
     d = _init_distributed(config.device)
     device = _device(config, d)
     amp_dtype = _amp(config, device)
