@@ -100,3 +100,23 @@ def test_progress_bars_and_log_level_follow_the_switches(monkeypatch):
                 assert not progress.enabled() and progress.bar(total=3).disable
     finally:
         progress.configure()
+
+
+def _choices(path: list[str], option: str) -> tuple[str, ...]:
+    command = main
+    for name in path:
+        command = command.commands[name]
+    return tuple(next(p for p in command.params if p.name == option).type.choices)
+
+
+def test_option_choices_written_out_in_the_cli_agree_with_the_modules():
+    # the CLI spells some choices out so that `--help` does not import the builder or torch; they must not drift
+    from multilabel_imagenet import targets
+    from multilabel_imagenet.builder import settings
+    from multilabel_imagenet.training import loop
+
+    assert _choices(["build", "config"], "profile") == tuple(settings.PROFILES)
+    assert _choices(["train"], "profile") == targets.PROFILES
+    assert _choices(["train"], "amp") == loop.AMP_MODES
+    for preset in _choices(["build", "config"], "preset"):
+        assert settings.BuildConfig.preset(preset).dumps("json")
