@@ -253,9 +253,10 @@ def child_open(folder: str, cache: str, crop: bool) -> dict:
     return {"load_s": load_s, "dataset_s": dataset_s, "rows": len(ds)}
 
 
-def child_targets(folder: str, cache: str, items: int, batch: int) -> dict:
-    """Microseconds per item of every scheme (and crop-aware ``local_soft+original``) on one core, with the page
-    faults per item of each timed loop (major ones read the memory-mapped Arrow cache from disk)."""
+def child_targets(folder: str, cache: str, items: int, batch: int, repeats: int = 3) -> dict:
+    """Microseconds per item of every scheme (and crop-aware ``local_soft+original``) on one core, the best of
+    ``repeats`` passes over the same items (the others are slowed by whatever else runs on the machine), with the
+    page faults per item over all passes (major ones read the memory-mapped Arrow cache from disk)."""
     import resource
 
     import torch
@@ -264,18 +265,22 @@ def child_targets(folder: str, cache: str, items: int, batch: int) -> dict:
     labels, proposals, _ = _load(folder, cache, crop=True)
     out, faults = {}, {}
     for scheme, crop in [(s, None) for s in SCHEMES] + [(SCHEMES[2], proposals)]:
-        loader, n = _loader(_dataset(folder, labels, crop, scheme)[0], items, batch, 0), 0
+        loader = _loader(_dataset(folder, labels, crop, scheme)[0], items, batch, 0)
         next(iter(loader))  # warm-up
-        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for batch_out in loader:
-            n += len(batch_out["target"])
-        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        passes, before = [], resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(repeats):
+            start, n = time.perf_counter(), 0
+            for batch_out in loader:
+                n += len(batch_out["target"])
+            passes.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
         name = scheme + ("+crop" if crop is not None else "")
-        out[name] = round(1e6 * seconds / n, 1)
+        out[name] = round(1e6 * min(passes) / n, 1)
         faults[name] = {
-            k: round((getattr(after, f"ru_{k}") - getattr(before, f"ru_{k}")) / n, 2) for k in ("minflt", "majflt")
+            k: round((getattr(after, f"ru_{k}") - getattr(before, f"ru_{k}")) / (n * repeats), 2)
+            for k in ("minflt", "majflt")
         }
-    return {"items": n, "us_per_item": out, "page_faults_per_item": faults}
+    return {"items": n, "repeats": repeats, "us_per_item": out, "page_faults_per_item": faults}
 
 
 def _memory(pid: int) -> tuple[float, float, float]:
@@ -328,14 +333,17 @@ CHILDREN = {"generate": generate, "open": child_open, "targets": child_targets, 
 
 LAUNCHER = (
     "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "open(sys.argv[1], 'w').write(f'{u.ru_maxrss} {u.ru_inblock}'); sys.exit(rc)"
 )
-"""Runs a command as its only child and records that child's peak RSS: launched from this small process, whose
-own high-water mark is all the child inherits (ru_maxrss carries over exec from the process that forked it)."""
+"""Runs a command as its only child and records that child's peak RSS and the blocks it read from disk (not from
+the page cache): launched from this small process, whose own high-water mark is all the child inherits (ru_maxrss
+carries over exec from the process that forked it)."""
 
 
 def run(cmd: list[str], env: dict | None = None) -> tuple[dict, str]:
-    """Run ``cmd`` in a fresh child: (wall seconds, peak RSS in MB and, if it failed, its stderr's tail; stdout)."""
+    """Run ``cmd`` in a fresh child: (wall seconds, peak RSS and disk reads in MB and, if it failed, its stderr's
+    tail; stdout)."""
     with tempfile.TemporaryDirectory() as tmp:
         out, err, rss = (Path(tmp) / name for name in ("out", "err", "rss"))
         start = time.perf_counter()
@@ -347,7 +355,8 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[dict, str]:
                 env={**os.environ, **(env or {})},
             )
         result = {"seconds": round(time.perf_counter() - start, 2)}
-        result["peak_rss_mb"] = round(int(rss.read_text() or 0) / 1024) if rss.is_file() else 0
+        peak_kb, blocks = (int(v) for v in rss.read_text().split()) if rss.is_file() else (0, 0)
+        result |= {"peak_rss_mb": round(peak_kb / 1024), "disk_read_mb": round(blocks * 512 / 2**20)}
         stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
     if rc != 0:
         result |= {"rc": rc, "error": (stderr or stdout)[-2000:]}

@@ -44,9 +44,10 @@ def test_every_measurement_succeeds(report):
             "targets",
             "workers_crop",
         ):
-            assert runs[name]["seconds"] > 0 and runs[name]["peak_rss_mb"] > 0, name
+            assert runs[name]["seconds"] > 0 and runs[name]["peak_rss_mb"] > 0 and runs[name]["disk_read_mb"] >= 0, name
         speed = runs["targets"]["us_per_item"]
         assert len(speed) == 7 and "local_soft+original+crop" in speed and min(speed.values()) > 0
+        assert runs["targets"]["repeats"] == 3 and set(runs["targets"]["page_faults_per_item"]) == set(speed)
         assert len(runs["workers_crop"]["workers"]) == 2
     growth = result["growth"][f"{SIZES[0]}->{SIZES[1]}"]
     assert growth["size"] == 2 and {"seconds", "peak_rss"} <= set(growth["package"])
