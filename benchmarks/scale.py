@@ -355,7 +355,7 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[dict, str]:
                 env={**os.environ, **(env or {})},
             )
         result = {"seconds": round(time.perf_counter() - start, 2)}
-        peak_kb, blocks = (int(v) for v in rss.read_text().split()) if rss.is_file() else (0, 0)
+        peak_kb, blocks = map(int, (rss.read_text() if rss.is_file() else "").split() or (0, 0))
         result |= {"peak_rss_mb": round(peak_kb / 1024), "disk_read_mb": round(blocks * 512 / 2**20)}
         stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
     if rc != 0:
